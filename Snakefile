@@ -1,0 +1,35 @@
+# ggl: the whole reproduction. `snakemake --cores all` runs params.yaml (the embedded digits
+# default); `snakemake --cores all --configfile workflow/experiments/<name>.yaml` runs another
+# experiment. Inputs, outputs, params and commands of every rule come from the stage registry
+# (src/ggl/pipeline/registry.py), which also generates dvc.yaml.
+import yaml
+from snakemake.utils import min_version, validate
+
+from ggl.config import Params
+from ggl.pipeline.registry import Stage, all_stages, kind
+
+min_version("9.0")
+
+# No `configfile:` directive: Snakemake would deep-merge it with --configfile, leaking the
+# default's defences into other experiments. The params file is the one given, or params.yaml.
+PARAMS_FILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles \
+    else "params.yaml"
+if not config:
+    with open(PARAMS_FILE) as handle:
+        config.update(yaml.safe_load(handle))
+P = Params.from_raw(config, source=PARAMS_FILE)  # readable errors naming the key, first
+validate(config, schema="workflow/schemas/params.schema.yaml")
+
+
+def stage(kind_name, wildcards=None):
+    return Stage(kind(kind_name), dict(wildcards or {}))
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/gradients.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        [out for s in all_stages(P) for out in s.outs(P)],

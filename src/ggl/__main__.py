@@ -1,0 +1,5 @@
+import sys
+
+from ggl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The attacker's side: objective, label inference, optimisers, baselines."""

@@ -1,0 +1,104 @@
+"""The ``ggl`` command: one subcommand per pipeline stage, plus tooling.
+
+Every stage subcommand takes ``--params`` (default params.yaml), validates it before any
+compute starts, and writes under data/<experiment>/ and results/<experiment>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ggl.config import Params, ParamsError, load_params
+
+Handler = Callable[[argparse.Namespace, Params], None]
+
+
+def cmd_validate(args: argparse.Namespace, params: Params) -> None:
+    print(f"{args.params}: valid ({len(params.defences)} defences, "
+          f"{len(params.private_images)} private images)")
+
+
+def cmd_split(args: argparse.Namespace, params: Params) -> None:
+    from ggl.data import load_dataset, write_split
+    from ggl.pipeline.registry import data_dir
+
+    log = _logger("split", params)
+    split = load_dataset(params.data)
+    paths = write_split(split, params.data, data_dir(params))
+    log.info("split %s: %d public, %d private images -> %s", params.data.dataset,
+             len(split.public_images), len(split.private_images), paths["index"].parent)
+
+
+def cmd_gradients(args: argparse.Namespace, params: Params) -> None:
+    from ggl.client import run_gradients
+    from ggl.pipeline.registry import data_dir, results_dir
+
+    log = _logger(f"gradients__{args.defence}", params)
+    written = run_gradients(params, args.defence, Path(data_dir(params)),
+                            Path(results_dir(params)))
+    log.info("wrote %d files for defence %s", len(written), args.defence)
+
+
+def cmd_dvc_yaml(args: argparse.Namespace, params: Params) -> None:
+    from ggl import io
+    from ggl.pipeline.registry import check_dvc_yaml, render_dvc_yaml
+
+    if args.check:
+        problem = check_dvc_yaml(params, args.params, args.output)
+        if problem:
+            raise SystemExit(f"error: {problem}")
+        print(f"{args.output} is up to date with the stage registry")
+        return
+    io.write_text(args.output, render_dvc_yaml(params, args.params))
+    print(f"wrote {args.output}")
+
+
+def _logger(stage: str, params: Params):
+    from ggl.runtime import get_logger
+
+    if params.threads:
+        import torch
+
+        torch.set_num_threads(params.threads)
+    return get_logger(stage, Path("logs") / params.experiment)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ggl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", default="params.yaml",
+                       help="params file (default: params.yaml)")
+        p.set_defaults(handler=handler)
+        return p
+
+    add("validate", cmd_validate, "check a params file against the schema and exit")
+    add("split", cmd_split, "stage: load the dataset, write the public/private split to data/")
+    p = add("gradients", cmd_gradients,
+            "stage: the defended client gradient of every private image for one defence")
+    p.add_argument("--defence", required=True, help="a defence name from params' defences")
+    p = add("dvc-yaml", cmd_dvc_yaml, "generate dvc.yaml from the stage registry")
+    p.add_argument("--output", default="dvc.yaml", help="where to write (default: dvc.yaml)")
+    p.add_argument("--check", action="store_true",
+                   help="do not write; fail if the file differs from what would be generated")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        params = load_params(args.params)
+        args.handler(args, params)
+    except (ParamsError, ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

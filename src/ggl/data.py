@@ -1,0 +1,237 @@
+"""Datasets and the public/private split.
+
+The server's public images train the generator; the clients' private images are attacked.
+Each dataset is one entry in ``DATASETS``: a loader that returns a ``Split``. Images are kept
+as uint8 (N, 3, H, W) on disk and become float in [-1, 1] (mean = std = 0.5, as the paper)
+when loaded, so every stage sees the same pixels.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ggl import io
+from ggl.config import DataConfig
+from ggl.registry import Registry
+
+
+class DataError(RuntimeError):
+    """Data is missing or unusable; the message says what to download and where to put it."""
+
+
+@dataclass
+class Split:
+    public_images: torch.Tensor  # uint8 (N, 3, H, W)
+    public_labels: torch.Tensor  # int64 (N,)
+    private_images: torch.Tensor
+    private_labels: torch.Tensor
+    source: dict[str, Any] = field(default_factory=dict)  # recorded in index.json
+
+
+DATASETS: Registry = Registry("dataset")
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float().div(255).mul(2).sub(1)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255]."""
+    return images.add(1).div(2).mul(255).round().clamp(0, 255).to(torch.uint8)
+
+
+def random_split(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig,
+                 source: dict[str, Any]) -> Split:
+    """Seeded disjoint public/private subsets of one pool of images."""
+    total = len(images)
+    if cfg.public_size + cfg.private_size > total:
+        raise DataError(f"data.public_size + data.private_size = "
+                        f"{cfg.public_size + cfg.private_size} exceeds the {total} images "
+                        f"of dataset {cfg.dataset!r}")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(cfg.split_seed))
+    public = order[: cfg.public_size]
+    private = order[cfg.public_size : cfg.public_size + cfg.private_size]
+    source = {**source, "public_indices": public.tolist(), "private_indices": private.tolist()}
+    return Split(images[public], labels[public], images[private], labels[private], source)
+
+
+def _subsample(n_avail: int, n: int, seed: int, what: str) -> torch.Tensor:
+    if n > n_avail:
+        raise DataError(f"{what} asks for {n} images but only {n_avail} are available")
+    return torch.randperm(n_avail, generator=torch.Generator().manual_seed(seed))[:n]
+
+
+@DATASETS.register("digits")
+def load_digits(cfg: DataConfig) -> Split:
+    """scikit-learn's bundled 8x8 digits (no download), upsampled to image_size, 3 channels."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = torch.tensor(bunch.images / 16.0, dtype=torch.float32)[:, None]
+    x = F.interpolate(x, size=cfg.image_size, mode="bilinear", align_corners=False)
+    x = to_uint8(x.clamp(0, 1).mul(2).sub(1)).repeat(1, 3, 1, 1)
+    labels = torch.tensor(bunch.target, dtype=torch.int64)
+    source = {"name": "scikit-learn load_digits", "total": len(x),
+              "transform": f"8x8 /16, bilinear to {cfg.image_size}, grey to 3 channels"}
+    return random_split(x, labels, cfg, source)
+
+
+def _square_transform(image_size: int, resize: int | None = None):
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.Resize(resize or image_size),
+                               transforms.CenterCrop(image_size), transforms.PILToTensor()])
+
+
+def _stack(dataset: Any, indices: torch.Tensor, label_of, what: str) -> tuple[torch.Tensor, ...]:
+    from tqdm import tqdm
+
+    images, labels = [], []
+    for i in tqdm(indices.tolist(), desc=f"reading {what}", unit="img"):
+        image, target = dataset[i]
+        images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3])
+        labels.append(label_of(target))
+    if not images:
+        return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+CELEBA_HELP = (
+    "CelebA was not found (or is incomplete) under {root}/celeba. Either set data.download: true "
+    "on a machine with internet access (torchvision downloads it from Google Drive and checks "
+    "its MD5 sums; `pip install gdown` is needed), or download by hand from "
+    "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html the files img_align_celeba.zip, "
+    "list_attr_celeba.txt, identity_CelebA.txt, list_bbox_celeba.txt, "
+    "list_landmarks_align_celeba.txt and list_eval_partition.txt into {root}/celeba/ and unzip "
+    "img_align_celeba.zip there (giving {root}/celeba/img_align_celeba/*.jpg)."
+)
+CELEBA_MALE = 20  # index of the "Male" attribute among CelebA's 40
+
+
+@DATASETS.register("celeba")
+def load_celeba(cfg: DataConfig) -> Split:
+    """CelebA, binary 'Male' attribute: train split public, test split private (paper)."""
+    from torchvision.datasets import CelebA
+
+    transform = _square_transform(cfg.image_size)
+    try:
+        parts = {split: CelebA(cfg.root, split=split, target_type="attr", transform=transform,
+                               download=cfg.download) for split in ("train", "test")}
+    except (RuntimeError, OSError, urllib.error.URLError, ImportError) as exc:
+        raise DataError(CELEBA_HELP.format(root=cfg.root) + f" (cause: {exc})") from exc
+    pub = _subsample(len(parts["train"]), cfg.public_size, cfg.split_seed, "data.public_size")
+    priv = _subsample(len(parts["test"]), cfg.private_size, cfg.split_seed + 1,
+                      "data.private_size")
+
+    def male(attr: torch.Tensor) -> int:
+        return int(attr[CELEBA_MALE])
+
+    pub_x, pub_y = _stack(parts["train"], pub, male, "CelebA train")
+    priv_x, priv_y = _stack(parts["test"], priv, male, "CelebA test")
+    source = {"name": "CelebA (torchvision)", "root": cfg.root, "label": "attribute 20 Male",
+              "public_from": "train", "private_from": "test", "public_indices": pub.tolist(),
+              "private_indices": priv.tolist(),
+              "transform": f"Resize({cfg.image_size}) CenterCrop({cfg.image_size})"}
+    return Split(pub_x, pub_y, priv_x, priv_y, source)
+
+
+IMAGENET_HELP = (
+    "ImageNet validation data was not found under {root}. ImageNet cannot be downloaded "
+    "automatically (it needs an account): get ILSVRC2012_img_val.tar and "
+    "ILSVRC2012_devkit_t12.tar.gz from https://image-net.org/download-images.php and place both "
+    "files in {root}/ (torchvision checks their MD5 sums and unpacks them on first use)."
+)
+
+
+@DATASETS.register("imagenet")
+def load_imagenet(cfg: DataConfig) -> Split:
+    """ImageNet val as the private split; the public prior is BigGAN (public_size must be 0)."""
+    from torchvision.datasets import ImageNet
+
+    if cfg.public_size != 0:
+        raise DataError("data.public_size must be 0 for imagenet: its generator is the "
+                        "pretrained BigGAN-deep-256, trained on ImageNet's train split")
+    try:
+        val = ImageNet(cfg.root, split="val", transform=_square_transform(cfg.image_size, 256))
+    except (RuntimeError, OSError) as exc:
+        raise DataError(IMAGENET_HELP.format(root=cfg.root) + f" (cause: {exc})") from exc
+    priv = _subsample(len(val), cfg.private_size, cfg.split_seed, "data.private_size")
+    priv_x, priv_y = _stack(val, priv, int, "ImageNet val")
+    empty = torch.zeros(0, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
+    source = {"name": "ImageNet ILSVRC2012 val (torchvision)", "root": cfg.root,
+              "private_indices": priv.tolist(), "transform": f"Resize(256) CenterCrop({cfg.image_size})"}
+    return Split(empty, torch.zeros(0, dtype=torch.int64), priv_x, priv_y, source)
+
+
+@DATASETS.register("imagefolder")
+def load_imagefolder(cfg: DataConfig) -> Split:
+    """The user's own images, one sub-folder per class, resized and centre-cropped."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise DataError(f"data.root: {str(root)!r} is not a folder; imagefolder expects "
+                        f"{root}/<class name>/<image files>")
+    try:
+        folder = ImageFolder(str(root), transform=_square_transform(cfg.image_size))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"data.root: no images found under {root}: expected "
+                        f"{root}/<class name>/<image files> ({exc})") from exc
+    if len(folder.classes) != cfg.num_classes:
+        raise DataError(f"data.num_classes is {cfg.num_classes} but {root} has "
+                        f"{len(folder.classes)} class folders: {folder.classes}")
+    images, labels = _stack(folder, torch.arange(len(folder)), int, str(root))
+    source = {"name": "imagefolder", "root": str(root), "classes": folder.classes,
+              "total": len(folder), "transform": f"Resize({cfg.image_size}) "
+                                                 f"CenterCrop({cfg.image_size})"}
+    return random_split(images, labels, cfg, source)
+
+
+def load_dataset(cfg: DataConfig) -> Split:
+    """Run the configured loader; a plugin may return a Split or (images, labels) to split."""
+    result = DATASETS.get(cfg.dataset)(cfg)
+    if isinstance(result, Split):
+        return result
+    images, labels = result
+    if images.dtype != torch.uint8:
+        images = to_uint8(images)
+    return random_split(images, torch.as_tensor(labels, dtype=torch.int64), cfg,
+                        {"name": cfg.dataset, "total": len(images)})
+
+
+# --- files of the split: data/<experiment>/{public.pt, private.pt, index.json} -------------
+
+def split_paths(data_dir: str | Path) -> dict[str, Path]:
+    data_dir = Path(data_dir)
+    return {"public": data_dir / "public.pt", "private": data_dir / "private.pt",
+            "index": data_dir / "index.json"}
+
+
+def write_split(split: Split, cfg: DataConfig, data_dir: str | Path) -> dict[str, Path]:
+    paths = split_paths(data_dir)
+    for part in ("public", "private"):
+        images, labels = getattr(split, f"{part}_images"), getattr(split, f"{part}_labels")
+        io.save_torch(paths[part], {"images": images.contiguous(), "labels": labels})
+    index = {"dataset": cfg.dataset, "image_size": cfg.image_size,
+             "num_classes": cfg.num_classes, "split_seed": cfg.split_seed,
+             "public_size": len(split.public_images), "private_size": len(split.private_images),
+             "pixel_range": "stored uint8 [0, 255]; loaded as float [-1, 1]",
+             "private_label_counts": np.bincount(split.private_labels.numpy(),
+                                                 minlength=cfg.num_classes).tolist(),
+             "source": split.source}
+    io.write_json(paths["index"], index)
+    return paths
+
+
+def load_part(data_dir: str | Path, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [-1, 1] and labels of the 'public' or 'private' part."""
+    stored = io.load_torch(split_paths(data_dir)[part])
+    return to_unit_range(stored["images"]), stored["labels"]

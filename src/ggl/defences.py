@@ -1,0 +1,237 @@
+"""Defences a client applies to its gradient, and the attacker's estimates of them.
+
+A gradient is a list of tensors, one per model parameter. The primitives work on *batched*
+gradients (each tensor has a leading candidate dimension n), so the attacker applies its
+estimate T-hat to a whole batch of trial gradients at once; the client calls them with n = 1.
+
+``DEFENCES`` maps a step's ``kind`` to the client's defence; ``ESTIMATES`` maps it to the
+attacker's estimate, which reads only the received gradient (and structural settings such as
+``per_layer``), never the defence's secret settings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ggl.config import DefenceStep
+from ggl.registry import Registry
+
+Gradient = list[torch.Tensor]
+CLIP_EPS = 1e-6  # as the authors: g * min(1, S / (||g|| + 1e-6))
+
+
+# --- primitives on batched gradients -------------------------------------------------------
+
+def global_norm(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """l2 norm over all parameters, per candidate: (n,)."""
+    return torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads))
+
+
+def layer_norms(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """l2 norm of each parameter tensor, per candidate: a list of (n,)."""
+    return [g.flatten(1).norm(dim=1) for g in grads]
+
+
+def _per_candidate(scale: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return scale.view(-1, *([1] * (g.dim() - 1)))
+
+
+def clip_global(grads: Sequence[torch.Tensor], bound: float | torch.Tensor) -> Gradient:
+    factor = torch.clamp(bound / (global_norm(grads) + CLIP_EPS), max=1.0)
+    return [g * _per_candidate(factor, g) for g in grads]
+
+
+def clip_per_layer(grads: Sequence[torch.Tensor],
+                   bounds: float | Sequence[float | torch.Tensor]) -> Gradient:
+    if not isinstance(bounds, Sequence):
+        bounds = [bounds] * len(grads)
+    out = []
+    for g, norm, bound in zip(grads, layer_norms(grads), bounds, strict=True):
+        out.append(g * _per_candidate(torch.clamp(bound / (norm + CLIP_EPS), max=1.0), g))
+    return out
+
+
+def prune_smallest(grads: Sequence[torch.Tensor], counts: Sequence[int]) -> Gradient:
+    """Zero the ``counts[l]`` smallest-magnitude entries of tensor l (ties at the threshold
+    are zeroed too), independently for each candidate."""
+    out = []
+    for g, k in zip(grads, counts, strict=True):
+        if k <= 0:
+            out.append(g)
+            continue
+        flat = g.flatten(1)
+        threshold = flat.abs().kthvalue(min(k, flat.shape[1]), dim=1, keepdim=True).values
+        out.append((flat * (flat.abs() > threshold)).view_as(g))
+    return out
+
+
+def fraction_count(rate: float, size: int) -> int:
+    """How many of ``size`` items a rate in percent removes: at least rate %, so the ceiling."""
+    return min(size, math.ceil(rate / 100 * size - 1e-9))
+
+
+def sparsify(grads: Sequence[torch.Tensor], rate: float) -> Gradient:
+    """Per tensor: zero (at least) ``rate`` % of the entries, those of smallest magnitude."""
+    return prune_smallest(grads, [fraction_count(rate, g[0].numel()) for g in grads])
+
+
+def mask_fc_columns(grads: Sequence[torch.Tensor], mask: torch.Tensor, fc_index: int) -> Gradient:
+    """Multiply the fc weight gradient (n, classes, features) column-wise by ``mask``."""
+    out = list(grads)
+    out[fc_index] = grads[fc_index] * mask.to(grads[fc_index].dtype).view(1, 1, -1)
+    return out
+
+
+def add_noise(grads: Sequence[torch.Tensor], sigma: float, generator: torch.Generator) -> Gradient:
+    """i.i.d. N(0, sigma^2) on every tensor; drawn on the CPU so every device gets the same."""
+    return [g + sigma * torch.randn(g.shape, generator=generator).to(g) for g in grads]
+
+
+# --- the client's defences -------------------------------------------------------------
+
+@dataclass
+class ClientContext:
+    """What a defence may use besides the gradient: the client's own model, image and label."""
+
+    model: nn.Module
+    image: torch.Tensor  # (1, 3, H, W) in [-1, 1]
+    label: torch.Tensor  # (1,)
+    fc_index: int
+    generator: torch.Generator  # the defence's own seeded RNG
+
+
+DefenceFn = Callable[..., Gradient]
+DEFENCES: Registry[DefenceFn] = Registry("defence")
+
+
+@DEFENCES.register("noise")
+def noise_defence(grads: Gradient, ctx: ClientContext, sigma: float) -> Gradient:
+    return add_noise(grads, sigma, ctx.generator)
+
+
+@DEFENCES.register("clipping")
+def clipping_defence(grads: Gradient, ctx: ClientContext, bound: float,
+                     per_layer: bool) -> Gradient:
+    return clip_per_layer(grads, bound) if per_layer else clip_global(grads, bound)
+
+
+@DEFENCES.register("sparsification")
+def sparsification_defence(grads: Gradient, ctx: ClientContext, rate: float) -> Gradient:
+    return sparsify(grads, rate)
+
+
+def soteria_scores(model: nn.Module, image: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
+    """Soteria's per-feature score ||d r_f / d x||_2 / (r_f + 1e-10) for the fc input r."""
+    from ggl.models import penultimate
+
+    x = image.detach()
+
+    def features(inp: torch.Tensor) -> torch.Tensor:
+        return penultimate(model, inp[None])[0]
+
+    jac = torch.func.jacrev(features, chunk_size=chunk_size)(x[0])  # (F, 3, H, W)
+    r = features(x[0]).detach()
+    return jac.flatten(1).norm(dim=1) / (r + 1e-10)
+
+
+def soteria_mask(scores: torch.Tensor, rate: float) -> torch.Tensor:
+    """Keep-mask over features: prune the ``rate`` % with the smallest score."""
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    pruned = torch.argsort(scores, stable=True)[: fraction_count(rate, scores.numel())]
+    mask[pruned] = False
+    return mask
+
+
+@DEFENCES.register("soteria")
+def soteria_defence(grads: Gradient, ctx: ClientContext, rate: float) -> Gradient:
+    mask = soteria_mask(soteria_scores(ctx.model, ctx.image), rate)
+    return mask_fc_columns(grads, mask, ctx.fc_index)
+
+
+def apply_defence(grads: Gradient, steps: Sequence[DefenceStep], ctx: ClientContext) -> Gradient:
+    """Apply the steps in order to an unbatched gradient."""
+    batched = [g.unsqueeze(0) for g in grads]
+    for step in steps:
+        batched = DEFENCES.get(step.kind)(batched, ctx, **step.settings)
+    return [g.squeeze(0) for g in batched]
+
+
+# --- the attacker's estimates (T-hat) ----------------------------------------------------
+
+Transform = Callable[[Gradient], Gradient]
+
+
+def identity(grads: Gradient) -> Gradient:
+    return list(grads)
+
+
+@dataclass
+class Estimate:
+    """T-hat: the attacker's estimate of the defence, applied to batched trial gradients."""
+
+    apply: Transform = identity
+    values: dict[str, Any] = field(default_factory=dict)  # what was estimated, for the logs
+
+
+EstimateFn = Callable[..., Estimate]
+ESTIMATES: Registry[EstimateFn] = Registry("defence estimate")
+
+
+def _received(grads: Sequence[torch.Tensor]) -> Gradient:
+    return [g.unsqueeze(0) for g in grads]
+
+
+@ESTIMATES.register("clipping")
+def estimate_clipping(received: Gradient, fc_index: int, per_layer: bool = False,
+                      **_secret: Any) -> Estimate:
+    """S-hat is the received gradient's norm (global, or per layer for layer-wise clipping)."""
+    if per_layer:
+        bounds = [n[0] for n in layer_norms(_received(received))]
+        return Estimate(lambda g: clip_per_layer(g, bounds),
+                        {"bounds": [float(b) for b in bounds]})
+    bound = global_norm(_received(received))[0]
+    return Estimate(lambda g: clip_global(g, bound), {"bound": float(bound)})
+
+
+@ESTIMATES.register("sparsification")
+def estimate_sparsification(received: Gradient, fc_index: int, **_secret: Any) -> Estimate:
+    """Prune each trial tensor to as many zeros as the received tensor has."""
+    counts = [int((g == 0).sum()) for g in received]
+    rate = 100 * sum(counts) / sum(g.numel() for g in received)
+    return Estimate(lambda g: prune_smallest(g, counts), {"rate": rate, "counts": counts})
+
+
+@ESTIMATES.register("soteria")
+def estimate_soteria(received: Gradient, fc_index: int, **_secret: Any) -> Estimate:
+    """The mask is the set of non-zero columns of the received fc weight gradient."""
+    mask = received[fc_index].ne(0).any(dim=0)
+    return Estimate(lambda g: mask_fc_columns(g, mask, fc_index),
+                    {"pruned_features": int((~mask).sum()), "features": mask.numel()})
+
+
+@ESTIMATES.register("noise")
+def estimate_noise(received: Gradient, fc_index: int, **_secret: Any) -> Estimate:
+    """Noise is not modelled by default (as the paper): the identity."""
+    return Estimate()
+
+
+def estimate_defence(received: Gradient, steps: Sequence[DefenceStep], fc_index: int) -> Estimate:
+    """Compose the estimates of every step, in the defence's order. A plugin defence without
+    an estimate (no entry in ESTIMATES) is treated as the identity."""
+    estimates = [ESTIMATES.get(s.kind)(received, fc_index, **s.settings)
+                 if s.kind in ESTIMATES.names() else Estimate() for s in steps]
+
+    def apply(grads: Gradient) -> Gradient:
+        for est in estimates:
+            grads = est.apply(grads)
+        return grads
+
+    values = {f"{i}.{s.kind}": e.values for i, (s, e) in enumerate(zip(steps, estimates,
+                                                                        strict=True))}
+    return Estimate(apply, values)

@@ -1,0 +1,80 @@
+"""Atomic file writes and safe loads.
+
+Every stage writes through these helpers: a file appears at its final path only when it is
+whole, so a killed job never leaves a half-written output that a rerun would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return _write_with(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> Path:
+    """Save tensors and plain containers; everything written loads with ``weights_only=True``."""
+    return _write_with(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def save_image(path: str | os.PathLike, image: torch.Tensor) -> Path:
+    """Save a (3, H, W) or (N, 3, H, W) image in [-1, 1] as PNG (a grid for a batch)."""
+    from torchvision.utils import save_image as tv_save
+
+    image = (image.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    nrow = max(1, int(round(image.shape[0] ** 0.5))) if image.dim() == 4 else 1
+    return _write_with(path, lambda tmp: tv_save(image, tmp, format="png", nrow=nrow, padding=1))
+
+
+def save_figure(path: str | os.PathLike, fig: Any) -> Path:
+    """Save a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    suffix = Path(path).suffix.lstrip(".") or "png"
+    try:
+        return _write_with(path, lambda tmp: fig.savefig(tmp, format=suffix, dpi=120,
+                                                          bbox_inches="tight"))
+    finally:
+        plt.close(fig)

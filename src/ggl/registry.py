@@ -1,0 +1,71 @@
+"""Lookup tables for the pluggable pieces: datasets, models, defences, generators, attacks.
+
+A user extends any table from params without touching this package: a name of the form
+``package.module:callable`` is imported and used exactly like a built-in entry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T", bound=Callable)
+
+PLUGIN_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+def is_plugin(name: str) -> bool:
+    return ":" in name
+
+
+def import_callable(spec: str) -> Callable:
+    """Import ``package.module:callable``; raise a ValueError that says what went wrong."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} named in {spec!r}: {exc}") from exc
+    try:
+        obj = getattr(module, attr)
+    except AttributeError as exc:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r} ({spec!r})") from exc
+    if not callable(obj):
+        raise ValueError(f"{spec!r} is not callable")
+    return obj
+
+
+class Registry(Generic[T]):
+    """A named table of callables that also resolves ``module:callable`` plugins."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorate(fn: T) -> T:
+            if name in self._entries:
+                raise KeyError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = fn
+            return fn
+
+        return decorate
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries or is_plugin(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def get(self, name: str) -> T:
+        if name in self._entries:
+            return self._entries[name]
+        if is_plugin(name):
+            return import_callable(name)  # type: ignore[return-value]
+        allowed = ", ".join(self.names())
+        raise ValueError(
+            f"unknown {self.kind} {name!r}: allowed are {allowed}, or 'package.module:callable'"
+        )
