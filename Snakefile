@@ -2,11 +2,13 @@
 # default); `snakemake --cores all --configfile workflow/experiments/<name>.yaml` runs another
 # experiment. Inputs, outputs, params and commands of every rule come from the stage registry
 # (src/ggl/pipeline/registry.py), which also generates dvc.yaml.
+import os
+
 import yaml
 from snakemake.utils import min_version, validate
 
 from ggl.config import Params
-from ggl.pipeline.registry import Stage, all_stages, kind
+from ggl.pipeline.registry import Stage, all_stages, check_dvc_yaml, kind
 
 min_version("9.0")
 
@@ -33,3 +35,10 @@ rule all:
     default_target: True
     input:
         [out for s in all_stages(P) for out in s.outs(P)],
+
+
+# Keep DVC in step: after a successful run, record the outputs in dvc.lock so that
+# `dvc repro` has nothing to do (only when dvc.yaml was generated from this params file).
+onsuccess:
+    if os.path.isdir(".dvc") and check_dvc_yaml(P, PARAMS_FILE, "dvc.yaml") is None:
+        shell("dvc commit --force --quiet || echo 'note: dvc commit failed; run it by hand'")

@@ -167,7 +167,8 @@ def load_imagenet(cfg: DataConfig) -> Split:
     priv_x, priv_y = _stack(val, priv, int, "ImageNet val")
     empty = torch.zeros(0, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
     source = {"name": "ImageNet ILSVRC2012 val (torchvision)", "root": cfg.root,
-              "private_indices": priv.tolist(), "transform": f"Resize(256) CenterCrop({cfg.image_size})"}
+              "private_indices": priv.tolist(),
+              "transform": f"Resize(256) CenterCrop({cfg.image_size})"}
     return Split(empty, torch.zeros(0, dtype=torch.int64), priv_x, priv_y, source)
 
 

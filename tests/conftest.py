@@ -1,0 +1,46 @@
+"""Shared fixtures: the repository's params and small valid params for fast runs."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tests drive the real `ggl`, `snakemake` and `dvc` commands of this environment.
+os.environ["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def tiny_params(**overrides) -> dict:
+    """The default params shrunk for tests: 2 images, a narrow model, 3 defences."""
+    raw = copy.deepcopy(repo_params())
+    raw["experiment"] = "tiny"
+    raw["private_images"] = [0, 1]
+    raw["model"]["width"] = 4
+    raw["data"]["public_size"] = 200
+    raw["data"]["private_size"] = 20
+    raw["defences"] = {
+        "none": [],
+        "noise": [{"kind": "noise", "sigma": 0.01}],
+        "clipping": [{"kind": "clipping", "bound": 0.5, "per_layer": False}],
+    }
+    for dotted, value in overrides.items():
+        target = raw
+        *parents, last = dotted.split(".")
+        for part in parents:
+            target = target[part]
+        target[last] = value
+    return raw
+
+
+@pytest.fixture
+def default_raw() -> dict:
+    return repo_params()

@@ -1,0 +1,98 @@
+"""Snakemake and DVC run the same stages from the one registry, and stay in step."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, tiny_params
+
+from ggl.config import load_params
+from ggl.pipeline.registry import all_stages, check_dvc_yaml
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    assert out.returncode == 0, f"{' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+def summary_outputs(cwd: Path, *extra: str) -> set[str]:
+    out = run(["snakemake", "--summary", *extra], cwd)
+    rows = [line.split("\t") for line in out.stdout.splitlines()]
+    return {row[0] for row in rows[1:] if row and row[0]}
+
+
+def dvc_outs(dvc_file: Path) -> set[str]:
+    stages = yaml.safe_load(dvc_file.read_text())["stages"]
+    return {out for stage in stages.values() for out in stage["outs"]}
+
+
+def test_committed_dvc_yaml_is_generated_from_the_registry():
+    params = load_params(REPO / "params.yaml")
+    assert check_dvc_yaml(params, "params.yaml", REPO / "dvc.yaml") is None
+    run(["ggl", "dvc-yaml", "--check"], REPO)
+
+
+def test_snakemake_plans_exactly_the_dvc_outputs():
+    assert summary_outputs(REPO) == dvc_outs(REPO / "dvc.yaml")
+
+
+def test_stale_dvc_yaml_is_detected(tmp_path):
+    raw = tiny_params()
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(tmp_path / "p.yaml")
+    run(["ggl", "dvc-yaml", "--params", "p.yaml"], tmp_path)
+    assert check_dvc_yaml(params, "p.yaml", tmp_path / "dvc.yaml") is None
+    raw["defences"]["extra"] = []
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    out = subprocess.run(["ggl", "dvc-yaml", "--params", "p.yaml", "--check"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "stale" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the workflow with tiny params, run once by Snakemake."""
+    root = tmp_path_factory.mktemp("project")
+    shutil.copy(REPO / "Snakefile", root)
+    shutil.copytree(REPO / "workflow", root / "workflow", symlinks=True)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    shutil.copy(REPO / ".gitignore", root)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    run(["ggl", "dvc-yaml"], root)
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "."], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root)
+    run(["snakemake", "--cores", "2"], root)
+    return root
+
+
+def test_snakemake_writes_the_split_and_every_defended_gradient(project):
+    params = load_params(project / "params.yaml")
+    for stage in all_stages(params):
+        for out in stage.outs(params):
+            assert (project / out).is_file(), out
+    assert summary_outputs(project) == dvc_outs(project / "dvc.yaml")
+
+
+def test_dvc_repro_after_snakemake_does_nothing(project):
+    out = run(["dvc", "repro"], project)
+    assert "Running stage" not in out.stdout
+
+
+def test_changing_one_defence_reruns_only_its_stage(project):
+    params_file = project / "params.yaml"
+    raw = yaml.safe_load(params_file.read_text())
+    raw["defences"]["noise"][0]["sigma"] = 0.02
+    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = run(["dvc", "repro"], project)
+    ran = {line.split("'")[1] for line in out.stdout.splitlines()
+           if line.startswith("Running stage")}
+    assert ran == {"gradients__noise"}
+    plan = run(["snakemake", "-n", "--quiet", "rules"], project).stdout
+    assert "gradients" in plan and "split" not in plan
