@@ -29,6 +29,8 @@ def stage(kind_name, wildcards=None):
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/gradients.smk"
+include: "workflow/rules/generator.smk"
+include: "workflow/rules/attacks.smk"
 
 
 rule all:

@@ -42,6 +42,77 @@ def cmd_gradients(args: argparse.Namespace, params: Params) -> None:
     log.info("wrote %d files for defence %s", len(written), args.defence)
 
 
+def cmd_train_gan(args: argparse.Namespace, params: Params) -> None:
+    from ggl.data import load_part
+    from ggl.gan import train_gan
+    from ggl.pipeline.registry import data_dir, generator_outs
+    from ggl.runtime import resolve_device
+
+    log = _logger("train-gan", params)
+    images, _ = load_part(data_dir(params), "public")
+    path = train_gan(images, gan_config(params), Path(generator_outs(params)[0]).parent,
+                     resolve_device(params.device), log)
+    log.info("generator written to %s", path)
+
+
+def cmd_gan_quality(args: argparse.Namespace, params: Params) -> None:
+    from ggl import io
+    from ggl.data import load_part
+    from ggl.gan import quality_check
+    from ggl.pipeline.registry import data_dir, generator_outs, quality_outs
+    from ggl.runtime import resolve_device
+
+    log = _logger("gan-quality", params)
+    device = resolve_device(params.device)
+    generator = build_generator(params, device)
+    quality = quality_check(generator, load_part(data_dir(params), "public"),
+                            load_part(data_dir(params), "private"), params.data.num_classes,
+                            params.seed, device)
+    quality["checkpoint"] = generator_outs(params)[0]
+    io.write_json(quality_outs(params)[0], quality)
+    log.info("quality: %s", {k: v for k, v in quality.items() if "histogram" not in k})
+
+
+def cmd_attack(args: argparse.Namespace, params: Params) -> None:
+    from ggl.attack.run import run_attack
+    from ggl.client import gradient_paths
+    from ggl.pipeline.registry import results_dir
+    from ggl.runtime import resolve_device
+
+    for key, names in (("--defence", params.defences), ("--attack", params.attacks)):
+        value = args.defence if key == "--defence" else args.attack
+        if value not in names:
+            raise ValueError(f"{key}: {value!r} is not in params; allowed are "
+                             f"{', '.join(names)}")
+    log = _logger(f"attack__{args.defence}__{args.attack}", params)
+    device = resolve_device(params.device)
+    generator = build_generator(params, device)
+    files = {image: gradient_paths(results_dir(params), args.defence, image)[0]
+             for image in params.image_ids()}
+    folders = run_attack(files, args.defence, args.attack, params.attacks[args.attack],
+                         generator, {"kind": params.generator.kind, **generator.info()},
+                         params.seed, Path(results_dir(params)), device)
+    log.info("%s on %s: %d reconstructions", args.attack, args.defence, len(folders))
+
+
+def gan_config(params: Params):
+    from ggl.gan import GanTrainConfig
+
+    g = params.generator
+    return GanTrainConfig(**g.train, latent_dim=g.latent_dim, width=g.width)
+
+
+def build_generator(params: Params, device):
+    from ggl.generators import load_generator
+    from ggl.pipeline.registry import generator_outs
+
+    g = params.generator
+    checkpoint = generator_outs(params)[0] if g.kind == "dcgan" else None
+    return load_generator(g.kind, checkpoint, device, image_size=params.data.image_size,
+                          latent_dim=g.latent_dim, width=g.width,
+                          num_classes=params.data.num_classes)
+
+
 def cmd_dvc_yaml(args: argparse.Namespace, params: Params) -> None:
     from ggl import io
     from ggl.pipeline.registry import check_dvc_yaml, render_dvc_yaml
@@ -82,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("gradients", cmd_gradients,
             "stage: the defended client gradient of every private image for one defence")
     p.add_argument("--defence", required=True, help="a defence name from params' defences")
+    add("train-gan", cmd_train_gan,
+        "stage: train the WGAN-GP generator on the public split (resumes if interrupted)")
+    add("gan-quality", cmd_gan_quality,
+        "stage: judge the generator's samples with a classifier trained on public labels")
+    p = add("attack", cmd_attack,
+            "stage: invert every received gradient of one defence with one attack")
+    p.add_argument("--defence", required=True, help="a defence name from params' defences")
+    p.add_argument("--attack", required=True, help="an attack name from params' attacks")
     p = add("dvc-yaml", cmd_dvc_yaml, "generate dvc.yaml from the stage registry")
     p.add_argument("--output", default="dvc.yaml", help="where to write (default: dvc.yaml)")
     p.add_argument("--check", action="store_true",

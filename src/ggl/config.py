@@ -6,7 +6,7 @@ what is allowed, e.g. ``defences.noise[0].sigma: -1 is less than the minimum of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,46 @@ class DefenceStep:
 
 
 @dataclass(frozen=True)
+class GeneratorConfig:
+    kind: str
+    latent_dim: int
+    width: int
+    train: dict[str, Any]
+
+
+def settings(cls: type, raw: dict[str, Any], key: str) -> Any:
+    """Build a settings dataclass, naming ``key`` and the allowed fields on a bad entry."""
+    allowed = {f.name: f for f in fields(cls)}
+    for name, value in raw.items():
+        if name not in allowed:
+            raise ParamsError(f"{key}.{name}: unknown setting; allowed are "
+                              f"{', '.join(allowed)}")
+        expected = type(getattr(cls(), name)) if _has_defaults(cls) else None
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if expected is not None and not isinstance(value, expected):
+            raise ParamsError(f"{key}.{name}: expected {expected.__name__}, got {value!r}")
+    try:
+        return cls(**raw)
+    except (TypeError, ValueError) as exc:
+        raise ParamsError(f"{key}: {exc}") from exc
+
+
+def _has_defaults(cls: type) -> bool:
+    try:
+        cls()
+    except TypeError:
+        return False
+    return True
+
+
+def _attack_config(name: str, raw: dict[str, Any]) -> Any:
+    from ggl.attack.run import attack_config
+
+    return attack_config(raw, f"attacks.{name}")
+
+
+@dataclass(frozen=True)
 class Params:
     experiment: str
     device: str
@@ -131,6 +171,9 @@ class Params:
     private_images: tuple[int, ...]
     model: ModelConfig
     defences: dict[str, tuple[DefenceStep, ...]]
+    generator: GeneratorConfig
+    attacks: dict[str, Any]  # name -> ggl.attack.run.AttackConfig
+    lpips_standin: bool
     raw: dict[str, Any]
 
     @classmethod
@@ -147,6 +190,9 @@ class Params:
             model=ModelConfig(**raw["model"], num_classes=data.num_classes),
             defences={name: tuple(DefenceStep.from_raw(s) for s in steps)
                       for name, steps in raw["defences"].items()},
+            generator=GeneratorConfig(**raw["generator"]),
+            attacks={name: _attack_config(name, cfg) for name, cfg in raw["attacks"].items()},
+            lpips_standin=raw["metrics"]["lpips_standin"],
             raw=raw,
         )
 

@@ -37,6 +37,29 @@ def gradient_outs(params: Params, defence: str) -> list[str]:
     return [f"{folder}/{image}.{ext}" for image in params.image_ids() for ext in ("pt", "json")]
 
 
+def generator_outs(params: Params) -> list[str]:
+    folder = f"{results_dir(params)}/generator"
+    return [f"{folder}/{name}" for name in ("generator.pt", "losses.csv", "samples.png",
+                                            "losses.png")]
+
+
+def quality_outs(params: Params) -> list[str]:
+    return [f"{results_dir(params)}/generator/quality.json"]
+
+
+def attack_outs(params: Params, defence: str, attack: str) -> list[str]:
+    from ggl.attack.run import ATTACK_FILES
+
+    folder = f"{results_dir(params)}/attacks/{defence}/{attack}"
+    return [f"{folder}/{image}/{name}" for image in params.image_ids() for name in ATTACK_FILES]
+
+
+def attack_deps(params: Params, defence: str, attack: str) -> list[str]:
+    """The received gradients (.pt only: never the client's truth) and the generator."""
+    received = gradient_outs(params, defence)[::2]
+    return [*received, generator_outs(params)[0]]
+
+
 def lookup(raw: dict[str, Any], dotted: str) -> Any:
     value: Any = raw
     for part in dotted.split("."):
@@ -109,6 +132,42 @@ STAGE_KINDS: list[StageKind] = [
                                     f"defences.{defence}"],
         code=("client.py", "defences.py", "models.py"),
         summary="the client's gradient of each private image under one defence",
+    ),
+    StageKind(
+        name="train-gan",
+        wildcards=(),
+        instances=lambda params: [{}] if params.generator.kind == "dcgan" else [],
+        argv=lambda: [],
+        deps=lambda params: split_outs(params)[:1],  # the public split only
+        outs=generator_outs,
+        param_keys=lambda: ["experiment", "generator"],
+        code=("gan.py", "generators.py"),
+        summary="WGAN-GP training of the generator on the public split",
+    ),
+    StageKind(
+        name="gan-quality",
+        wildcards=(),
+        instances=lambda params: [{}] if params.generator.kind == "dcgan" else [],
+        argv=lambda: [],
+        deps=lambda params: [generator_outs(params)[0], *split_outs(params)[:2]],
+        outs=quality_outs,
+        param_keys=lambda: ["experiment", "generator", "seed"],
+        code=("gan.py",),
+        summary="how recognisable the generator's samples are (a classifier's confidence)",
+    ),
+    StageKind(
+        name="attack",
+        wildcards=("defence", "attack"),
+        instances=lambda params: [{"defence": d, "attack": a}
+                                  for d in params.defences for a in params.attacks],
+        argv=lambda defence, attack: ["--defence", defence, "--attack", attack],
+        deps=attack_deps,
+        outs=attack_outs,
+        param_keys=lambda defence, attack: ["experiment", "seed", "generator",
+                                            f"attacks.{attack}"],
+        code=("attack/run.py", "attack/objective.py", "attack/optimisers.py",
+              "generators.py"),
+        summary="invert every received gradient of one defence with one attack",
     ),
 ]
 

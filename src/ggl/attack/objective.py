@@ -1,0 +1,133 @@
+"""The GGL objective: D(y, T-hat(F(G(z)))) + lambda R(z), scored for a batch of latents.
+
+``F`` is the federated model's cross-entropy gradient at batch size 1 for the inferred label,
+``T-hat`` the attacker's estimate of the defence (``ggl.defences.estimate_defence``), ``D`` a
+gradient distance and ``R`` a latent regulariser. Distances and regularisers are lookup tables:
+a new one is one more entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ggl.defences import Estimate, Gradient, identity
+
+# --- gradient distances: batched trial gradients (n, ...) against the received (...) -> (n,)
+
+Distance = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], torch.Tensor]
+
+
+def l2_per_tensor(trial: Sequence[torch.Tensor], received: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Squared l2 distance of each parameter tensor: (n, tensors)."""
+    return torch.stack([(t - r.unsqueeze(0)).flatten(1).pow(2).sum(1)
+                        for t, r in zip(trial, received, strict=True)], dim=1)
+
+
+def l2_mean(trial: Sequence[torch.Tensor], received: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The authors' D1: the mean over parameter tensors of ||g_l - y_l||^2."""
+    return l2_per_tensor(trial, received).mean(1)
+
+
+def l2_sum(trial: Sequence[torch.Tensor], received: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Plain ||g - y||^2 over all parameters."""
+    return l2_per_tensor(trial, received).sum(1)
+
+
+def cosine(trial: Sequence[torch.Tensor], received: Sequence[torch.Tensor]) -> torch.Tensor:
+    """D2: 1 - <y, g> / (||y|| ||g||) over all parameters."""
+    dot = sum((t * r.unsqueeze(0)).flatten(1).sum(1) for t, r in zip(trial, received,
+                                                                       strict=True))
+    trial_norm = torch.sqrt(sum(t.flatten(1).pow(2).sum(1) for t in trial))
+    received_norm = torch.sqrt(sum(r.pow(2).sum() for r in received))
+    return 1 - dot / (trial_norm * received_norm + 1e-12)
+
+
+DISTANCES: dict[str, Distance] = {"l2-mean": l2_mean, "l2-sum": l2_sum, "cosine": cosine}
+
+# --- latent regularisers: (n, k) -> (n,) ---------------------------------------------------
+
+Regulariser = Callable[[torch.Tensor], torch.Tensor]
+
+
+def kl_scalar(z: torch.Tensor) -> torch.Tensor:
+    """The authors' R1: KL of N(mu, sigma^2) to N(0, 1) with the scalar mean and population
+    std of each latent's entries."""
+    mu, var = z.mean(1), z.var(1, unbiased=False)
+    return -0.5 * (1 + torch.log(var + 1e-10) - mu.pow(2) - var)
+
+
+def norm_deviation(z: torch.Tensor) -> torch.Tensor:
+    """R2: (||z||^2 - k)^2."""
+    return (z.pow(2).sum(1) - z.shape[1]).pow(2)
+
+
+def no_regulariser(z: torch.Tensor) -> torch.Tensor:
+    return z.new_zeros(z.shape[0])
+
+
+REGULARISERS: dict[str, Regulariser] = {"kl": kl_scalar, "norm": norm_deviation,
+                                        "none": no_regulariser}
+
+
+# --- per-candidate gradients ---------------------------------------------------------------
+
+def trial_gradients(model: nn.Module, images: torch.Tensor, label: int,
+                    create_graph: bool = False) -> Gradient:
+    """The model's batch-1 cross-entropy gradient of each image, stacked: list of (n, ...).
+
+    One backward pass per candidate (eval-mode BatchNorm makes the candidates independent);
+    ``create_graph`` keeps the graph for Adam's double backpropagation."""
+    params = [p for p in model.parameters()]
+    targets = torch.full((1,), label, dtype=torch.long, device=images.device)
+    per_candidate = []
+    with torch.enable_grad():  # callers may score under no_grad; F itself is a gradient
+        for image in images:
+            loss = nn.functional.cross_entropy(model(image[None]), targets)
+            per_candidate.append(torch.autograd.grad(loss, params, create_graph=create_graph))
+    return [torch.stack(tensors) for tensors in zip(*per_candidate, strict=True)]
+
+
+# --- the objective ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    distance: str = "l2-mean"  # a key of DISTANCES
+    regulariser: str = "kl"  # a key of REGULARISERS
+    reg_weight: float = 0.1  # the paper's lambda
+    adaptive: bool = True  # apply the defence estimate T-hat to every trial gradient
+    tanh: bool = False  # optimise x with z = tanh(x) (the authors' ImageNet optimisers)
+
+
+class Objective:
+    """Scores a batch of latents (n, k) -> (n,) losses; differentiable with respect to them."""
+
+    def __init__(self, model: nn.Module, generate: Callable[[torch.Tensor], torch.Tensor],
+                 received: Sequence[torch.Tensor], label: int, estimate: Estimate,
+                 cfg: ObjectiveConfig) -> None:
+        for name, table in (("distance", DISTANCES), ("regulariser", REGULARISERS)):
+            if getattr(cfg, name) not in table:
+                raise ValueError(f"objective.{name}: {getattr(cfg, name)!r} is not allowed; "
+                                 f"allowed are {', '.join(table)}")
+        self.model, self.generate, self.label, self.cfg = model, generate, label, cfg
+        self.received = list(received)
+        self.transform = estimate.apply if cfg.adaptive else identity
+        self.distance = DISTANCES[cfg.distance]
+        self.regulariser = REGULARISERS[cfg.regulariser]
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The generator's latent for the optimiser's variable."""
+        return torch.tanh(x) if self.cfg.tanh else x
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        return self.generate(self.latent(x))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.latent(x)
+        images = self.generate(z)
+        grads = trial_gradients(self.model, images, self.label, create_graph=x.requires_grad)
+        matching = self.distance(self.transform(grads), self.received)
+        return matching + self.cfg.reg_weight * self.regulariser(z)

@@ -1,0 +1,466 @@
+"""Latent-space minimisers behind one small interface, budgets counted in evaluations.
+
+An objective maps a batch of latents (n, d) to (n,) losses (differentiably, for Adam). One
+evaluation = one latent scored, whatever the optimiser: this fixes the authors' mixed budget
+units (Adam updates, BO points, CMA-ES rounds that silently dropped most candidates).
+
+``minimise(method, ...)`` looks the method up in ``OPTIMISERS``. The gradient-free methods are
+ask/tell objects like the ``cma`` package's: ``ask(limit)`` proposes at most ``limit`` latents,
+the driver scores them in ONE objective call, ``tell`` takes the losses. The driver, not the
+optimiser, keeps the best point ever evaluated, the evaluation count and the loss curve.
+
+Seeding: every random stream (initial latents, cma's sampler, Latin-hypercube/Sobol designs,
+the candidate masks, BoTorch's posterior sampling) is derived from ``seed``; none reads or
+leaves a mark on the caller's global torch or numpy RNG state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+Objective = Callable[[torch.Tensor], torch.Tensor]  # (n, d) latents -> (n,) losses
+Progress = Callable[[int, float], None]  # (evaluations so far, best loss so far)
+CPU = torch.device("cpu")
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """An independent 31-bit seed for one random stream of a run (numpy's SeedSequence)."""
+    entropy = [seed % 2**64, *(k % 2**64 for k in keys)]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0] % (2**31 - 1))
+
+
+def finite(losses: torch.Tensor) -> torch.Tensor:
+    """Losses with non-finite entries replaced by a value worse than every finite one, so a
+    diverged candidate ranks last instead of poisoning cma's ranking or the GP's data."""
+    losses = losses.detach().double().cpu().clone()
+    bad = ~torch.isfinite(losses)
+    if bad.any():
+        good = losses[~bad]
+        losses[bad] = float(good.max()) + 1.0 if len(good) else 1e300
+    return losses
+
+
+# --- results and bookkeeping ---------------------------------------------------------------
+
+@dataclass
+class OptimiseResult:
+    best_z: torch.Tensor  # (d,), on the run's device, as evaluated
+    best_loss: float
+    evaluations: int  # exactly the evaluations made (never above the budget)
+    curve: list[tuple[int, float]] = field(default_factory=list)  # after every objective call
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. generations, restarts
+
+
+class Tracker:
+    """Best point ever evaluated, evaluation count and loss curve, updated after every call."""
+
+    def __init__(self, progress: Progress | None = None) -> None:
+        self.best_z: torch.Tensor | None = None
+        self.best_loss = math.inf
+        self.evaluations = 0
+        self.curve: list[tuple[int, float]] = []
+        self.progress = progress
+        self.start = time.perf_counter()
+
+    def record(self, z: torch.Tensor, losses: torch.Tensor) -> None:
+        losses = losses.detach().double().cpu().view(-1)
+        if len(losses) != len(z):
+            raise ValueError(f"the objective returned {len(losses)} losses for {len(z)} latents")
+        self.evaluations += len(losses)
+        i = int(torch.argmin(torch.nan_to_num(losses, nan=math.inf)))
+        if float(losses[i]) < self.best_loss:
+            self.best_loss, self.best_z = float(losses[i]), z[i].detach().clone()
+        self.curve.append((self.evaluations, self.best_loss))
+        if self.progress is not None:
+            self.progress(self.evaluations, self.best_loss)
+
+    def result(self, **info: Any) -> OptimiseResult:
+        if self.best_z is None:  # every loss NaN, or no evaluation at all
+            raise RuntimeError(f"no finite loss in {self.evaluations} evaluations")
+        return OptimiseResult(self.best_z, self.best_loss, self.evaluations, self.curve,
+                              time.perf_counter() - self.start, info)
+
+
+# --- Adam --------------------------------------------------------------------------------
+
+def _constant(step: int, steps: int) -> float:
+    return 1.0
+
+
+def _warmup_cosine(step: int, steps: int) -> float:
+    """The ImageNet script's: linear warm-up over the first 5 % of the steps, cosine
+    ramp-down over the last 25 % (so the first step has learning rate 0, as theirs)."""
+    t = step / max(steps, 1)
+    ramp_down = 0.5 - 0.5 * math.cos(math.pi * min(1.0, (1.0 - t) / 0.25))
+    return ramp_down * min(1.0, t / 0.05)
+
+
+def _multistep(step: int, steps: int) -> float:
+    """The CelebA script's MultiStepLR: gamma 0.1 at 3/8, 5/8 and 7/8 of the steps."""
+    return 0.1 ** sum(step >= steps * m // 8 for m in (3, 5, 7))
+
+
+SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    "none": _constant, "warmup-cosine": _warmup_cosine, "step": _multistep}
+
+
+def lr_factor(schedule: str, step: int, steps: int) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based) of ``steps``."""
+    return SCHEDULES[schedule](step, steps)
+
+
+@dataclass(frozen=True)
+class AdamConfig:
+    lr: float = 0.1
+    schedule: str = "none"  # none | warmup-cosine (ImageNet script) | step (CelebA script)
+    signed: bool = False  # step on the sign of the gradient (the CelebA script: True + step)
+    init_std: float = 1.0  # z0 ~ N(0, init_std^2 I)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r}; allowed are {', '.join(SCHEDULES)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    def bounds(self, dim: int) -> torch.Tensor | None:
+        return None  # unbounded
+
+
+def run_adam(objective: Objective, dim: int, budget: int, cfg: AdamConfig, seed: int,
+             device: torch.device, progress: Progress | None = None) -> OptimiseResult:
+    """Adam on the objective's gradient at batch 1: one step = one evaluation. The loss is
+    that of z before the step, so the point recorded is the point scored."""
+    tracker = Tracker(progress)
+    gen = torch.Generator().manual_seed(derive_seed(seed, 1))
+    z0 = torch.randn(1, dim, generator=gen, dtype=torch.float32) * cfg.init_std
+    z = z0.to(device).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=cfg.lr)
+    for step in range(budget):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg.schedule, step, budget)
+        opt.zero_grad(set_to_none=True)
+        loss = objective(z)
+        tracker.record(z, loss)
+        if step == budget - 1:
+            break  # a last step would move z to a point nobody scores
+        loss.sum().backward()
+        if cfg.signed:
+            z.grad.sign_()
+        opt.step()
+    return tracker.result(steps=budget)
+
+
+# --- the ask/tell driver -------------------------------------------------------------------
+
+class AskTell(Protocol):
+    def ask(self, limit: int | None = None) -> torch.Tensor: ...
+    def tell(self, z: torch.Tensor, losses: torch.Tensor) -> None: ...
+
+
+def run_ask_tell(opt: AskTell, objective: Objective, budget: int, device: torch.device,
+                 progress: Progress | None = None) -> Tracker:
+    """Score each proposal in one objective call until exactly ``budget`` evaluations."""
+    tracker = Tracker(progress)
+    while tracker.evaluations < budget:
+        z = opt.ask(budget - tracker.evaluations).to(device, torch.float32)
+        if not 0 < len(z) <= budget - tracker.evaluations:
+            raise RuntimeError(f"{type(opt).__name__}.ask returned {len(z)} latents for "
+                               f"{budget - tracker.evaluations} remaining evaluations")
+        with torch.no_grad():
+            losses = objective(z)
+        tracker.record(z, losses)
+        opt.tell(z, losses.detach().double().cpu())
+    return tracker
+
+
+# --- CMA-ES --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CMAESConfig:
+    sigma0: float = 1.0
+    popsize: int = 50  # paper-like "batch size 50"; cma's own default for d = 128 is 18
+    init_std: float = 0.0  # x0 ~ N(0, init_std^2 I); 0: x0 = 0, the prior's mean
+
+    def __post_init__(self) -> None:
+        if self.popsize < 2 or not self.sigma0 > 0 or self.init_std < 0:
+            raise ValueError(f"need popsize >= 2, sigma0 > 0, init_std >= 0; got {self}")
+
+    def bounds(self, dim: int) -> torch.Tensor | None:
+        return None  # unbounded
+
+
+class CMAES:
+    """The ``cma`` package's CMA-ES, told exactly once per full generation.
+
+    A whole generation is one objective call. When fewer than ``popsize`` evaluations remain,
+    ``ask(limit)`` returns the first ``limit`` candidates of a fresh generation: they are
+    scored and count (they may hold the best point), but the truncated generation is NOT told,
+    since CMA's update needs the ranking of a complete population.
+
+    ``cma`` draws from numpy's global RNG (it seeds it from its ``seed`` option): every call
+    into it runs on a private numpy state swapped in and out, so neither the caller nor the
+    objective can disturb its stream, nor it theirs."""
+
+    def __init__(self, dim: int, cfg: CMAESConfig, seed: int) -> None:
+        import cma
+
+        gen = torch.Generator().manual_seed(derive_seed(seed, 2))
+        x0 = torch.randn(dim, generator=gen, dtype=torch.float64) * cfg.init_std
+        self.popsize, self.generations, self.untold = cfg.popsize, 0, 0
+        self._asked: list[np.ndarray] | None = None
+        self._state: dict[str, Any] | None = None
+        options = {"popsize": cfg.popsize, "seed": derive_seed(seed, 3) + 1,  # 0 = 'time'
+                   "verbose": -9, "verb_log": 0, "verb_disp": 0}
+        with self._numpy_rng():
+            self.es = cma.CMAEvolutionStrategy(x0.numpy(), cfg.sigma0, options)
+
+    @contextlib.contextmanager
+    def _numpy_rng(self) -> Iterator[None]:
+        outer = np.random.get_state()
+        if self._state is not None:
+            np.random.set_state(self._state)
+        try:
+            yield
+        finally:
+            self._state = np.random.get_state()
+            np.random.set_state(outer)
+
+    def ask(self, limit: int | None = None) -> torch.Tensor:
+        with self._numpy_rng():
+            self._asked = self.es.ask()
+        k = self.popsize if limit is None else min(limit, self.popsize)
+        return torch.tensor(np.stack(self._asked[:k]), dtype=torch.float32)
+
+    def tell(self, z: torch.Tensor, losses: torch.Tensor) -> None:
+        if self._asked is None:
+            raise RuntimeError("tell without ask")
+        if len(z) < self.popsize:
+            self.untold += len(z)
+        else:
+            with self._numpy_rng():
+                self.es.tell(self._asked, finite(losses).tolist())
+            self.generations += 1
+        self._asked = None
+
+
+def run_cmaes(objective: Objective, dim: int, budget: int, cfg: CMAESConfig, seed: int,
+              device: torch.device, progress: Progress | None = None) -> OptimiseResult:
+    opt = CMAES(dim, cfg, seed)
+    tracker = run_ask_tell(opt, objective, budget, device, progress)
+    return tracker.result(generations=opt.generations, untold_evaluations=opt.untold)
+
+
+# --- TuRBO-1 on BoTorch ----------------------------------------------------------------------
+
+def latin_hypercube(n: int, dim: int, gen: torch.Generator) -> torch.Tensor:
+    """n points in [0, 1]^dim, one in each of the n equal slices of every coordinate."""
+    slices = torch.argsort(torch.rand(dim, n, generator=gen, dtype=torch.float64), dim=1).T
+    return (slices + torch.rand(n, dim, generator=gen, dtype=torch.float64)) / n
+
+
+def sobol_design(n: int, dim: int, gen: torch.Generator) -> torch.Tensor:
+    from torch.quasirandom import SobolEngine
+
+    seed = int(torch.randint(2**31 - 1, (), generator=gen))
+    return SobolEngine(dim, scramble=True, seed=seed).draw(n, dtype=torch.float64)
+
+
+DESIGNS: dict[str, Callable[[int, int, torch.Generator], torch.Tensor]] = {
+    "lhs": latin_hypercube, "sobol": sobol_design}
+
+
+@dataclass(frozen=True)
+class TurboConfig:
+    n_init: int = 256  # initial-design points per (re)start
+    batch_size: int = 10
+    bound: float = 2.0  # search box [-bound, bound]^d
+    length_init: float = 0.8  # trust-region side, in the unit cube mapped to the box
+    length_min: float = 0.5**7
+    length_max: float = 1.6
+    success_tolerance: int = 3
+    failure_tolerance: int = 0  # 0: ceil(max(4 / batch_size, d / batch_size)), as TuRBO
+    n_candidates: int = 5000  # Sobol candidates for Thompson sampling
+    fit_maxiter: int = 100  # L-BFGS-B iterations fitting the GP hyper-parameters
+    max_cholesky_size: int = 2000  # larger matrices: GPyTorch's Lanczos/CG, as TuRBO's code
+    design: str = "lhs"  # lhs (the paper) | sobol
+    init_chunk: int = 0  # initial design scored in calls of at most this many; 0: one call
+
+    def __post_init__(self) -> None:
+        if self.design not in DESIGNS:
+            raise ValueError(f"design {self.design!r}; allowed are {', '.join(DESIGNS)}")
+        if self.n_init < 2 or self.batch_size < 1 or self.n_candidates < self.batch_size:
+            raise ValueError("need n_init >= 2, batch_size >= 1, n_candidates >= batch_size")
+        if not 0 < self.length_min <= self.length_init <= self.length_max:
+            raise ValueError("need 0 < length_min <= length_init <= length_max")
+        if self.bound <= 0 or self.failure_tolerance < 0 or self.init_chunk < 0:
+            raise ValueError("need bound > 0, failure_tolerance >= 0, init_chunk >= 0")
+
+    def bounds(self, dim: int) -> torch.Tensor:
+        """(2, d): lower and upper corner of the search box."""
+        return torch.tensor([-self.bound, self.bound]).repeat_interleave(dim).view(2, dim)
+
+
+class Turbo:
+    """TuRBO-1 (Eriksson et al., NeurIPS 2019), written from the paper on BoTorch's API.
+
+    Points live in the unit cube, mapped affinely to the box. After an initial design, each
+    batch: fit a GP (Matern-5/2 ARD, constant mean, standardised outcomes, float64 on the CPU)
+    to the points of the current restart; centre the trust region on their best point, its
+    sides ``length`` times the lengthscales divided by their geometric mean (so its volume
+    is length^d) and clipped to the cube; draw Sobol candidates in it, each replacing a random
+    subset of the centre's coordinates (probability min(20/d, 1), at least one); Thompson
+    sampling picks the batch (one posterior sample per point, without replacement). A batch
+    improving the restart's best by more than 1e-3 of its magnitude is a success;
+    ``success_tolerance`` successes in a row double the length (up to length_max),
+    ``failure_tolerance`` failures in a row halve it; below ``length_min`` the region has
+    collapsed and the search restarts from a fresh initial design, forgetting its points."""
+
+    def __init__(self, dim: int, cfg: TurboConfig, seed: int) -> None:
+        self.dim, self.cfg, self.seed = dim, cfg, seed
+        self.failure_tolerance = cfg.failure_tolerance or math.ceil(
+            max(4 / cfg.batch_size, dim / cfg.batch_size))
+        self.restarts, self.batches = 0, 0
+        self.lengths: list[float] = []  # trust-region length used for each batch
+        self._asked: torch.Tensor | None = None
+        self._restart()
+
+    def _restart(self) -> None:
+        self.length = self.cfg.length_init
+        self.successes = self.failures = 0
+        self.X = torch.zeros(0, self.dim, dtype=torch.float64)  # unit cube
+        self.Y = torch.zeros(0, dtype=torch.float64)  # losses
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, 4, self.restarts))
+        self._design = DESIGNS[self.cfg.design](self.cfg.n_init, self.dim, gen)
+
+    def to_box(self, u: torch.Tensor) -> torch.Tensor:
+        return (2 * u - 1) * self.cfg.bound
+
+    def ask(self, limit: int | None = None) -> torch.Tensor:
+        limit = limit or math.inf
+        if len(self._design):  # the initial design, possibly in chunks
+            n = min(len(self._design), self.cfg.init_chunk or len(self._design), limit)
+            self._asked, self._design = self._design[:n], self._design[n:]
+        else:
+            self._asked = self.propose(min(self.cfg.batch_size, limit))
+        return self.to_box(self._asked)
+
+    def tell(self, z: torch.Tensor, losses: torch.Tensor) -> None:
+        if self._asked is None or len(self._asked) != len(losses):
+            raise RuntimeError("tell must answer the last ask")
+        in_design = len(self.Y) < self.cfg.n_init  # design points do not move the region
+        losses = finite(losses)
+        if not in_design:
+            best = float(self.Y.min())
+            if float(losses.min()) < best - 1e-3 * abs(best):
+                self.successes, self.failures = self.successes + 1, 0
+            else:
+                self.successes, self.failures = 0, self.failures + 1
+            if self.successes == self.cfg.success_tolerance:
+                self.length, self.successes = min(2 * self.length, self.cfg.length_max), 0
+            elif self.failures == self.failure_tolerance:
+                self.length, self.failures = self.length / 2, 0
+        self.X = torch.cat([self.X, self._asked])
+        self.Y = torch.cat([self.Y, losses])
+        self._asked = None
+        if self.length < self.cfg.length_min:
+            self.restarts += 1
+            self._restart()
+
+    def fit(self) -> Any:
+        """The GP on the restart's points, hyper-parameters by maximum marginal likelihood.
+        Deterministic objective: small noise; BoTorch maximises, so it sees -loss."""
+        from botorch.fit import fit_gpytorch_mll
+        from botorch.models import SingleTaskGP
+        from botorch.models.transforms.outcome import Standardize
+        from gpytorch.constraints import Interval
+        from gpytorch.kernels import MaternKernel, ScaleKernel
+        from gpytorch.likelihoods import GaussianLikelihood
+        from gpytorch.mlls import ExactMarginalLogLikelihood
+
+        kernel = ScaleKernel(MaternKernel(nu=2.5, ard_num_dims=self.dim,
+                                          lengthscale_constraint=Interval(0.005, 4.0)),
+                             outputscale_constraint=Interval(0.05, 20.0))
+        likelihood = GaussianLikelihood(noise_constraint=Interval(1e-8, 1e-3))
+        model = SingleTaskGP(self.X, -self.Y[:, None], likelihood=likelihood,
+                             covar_module=kernel, outcome_transform=Standardize(m=1))
+        mll = ExactMarginalLogLikelihood(model.likelihood, model)
+        fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.cfg.fit_maxiter}})
+        return model
+
+    def propose(self, n: int) -> torch.Tensor:
+        import gpytorch
+        from botorch.generation import MaxPosteriorSampling
+        from torch.quasirandom import SobolEngine
+
+        self.batches += 1
+        self.lengths.append(self.length)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, 5, self.batches))
+        # BoTorch's fitting retries and posterior samples draw from the global torch RNG:
+        # seed it for this batch only, and hand the caller's state back afterwards.
+        with torch.random.fork_rng(devices=[]), \
+                gpytorch.settings.max_cholesky_size(self.cfg.max_cholesky_size):
+            torch.manual_seed(derive_seed(self.seed, 6, self.batches))
+            model = self.fit()
+            centre = self.X[torch.argmin(self.Y)]
+            scales = model.covar_module.base_kernel.lengthscale.detach().view(-1).double()
+            scales = scales / torch.exp(torch.log(scales).mean())  # geometric mean 1
+            lower = (centre - scales * self.length / 2).clamp(0.0, 1.0)
+            upper = (centre + scales * self.length / 2).clamp(0.0, 1.0)
+            m = self.cfg.n_candidates
+            sobol = SobolEngine(self.dim, scramble=True,
+                                seed=int(torch.randint(2**31 - 1, (), generator=gen)))
+            points = lower + (upper - lower) * sobol.draw(m, dtype=torch.float64)
+            mask = torch.rand(m, self.dim, generator=gen) <= min(20.0 / self.dim, 1.0)
+            empty = torch.nonzero(~mask.any(1)).view(-1)
+            mask[empty, torch.randint(self.dim, (len(empty),), generator=gen)] = True
+            candidates = torch.where(mask, points, centre)
+            with torch.no_grad():
+                chosen = MaxPosteriorSampling(model=model, replacement=False)(
+                    candidates, num_samples=n)
+        return chosen.detach()
+
+
+def run_turbo(objective: Objective, dim: int, budget: int, cfg: TurboConfig, seed: int,
+              device: torch.device, progress: Progress | None = None) -> OptimiseResult:
+    opt = Turbo(dim, cfg, seed)
+    tracker = run_ask_tell(opt, objective, budget, device, progress)
+    return tracker.result(restarts=opt.restarts, batches=opt.batches,
+                          failure_tolerance=opt.failure_tolerance)
+
+
+# --- the entry point -----------------------------------------------------------------------
+
+Runner = Callable[..., OptimiseResult]
+OPTIMISERS: dict[str, Runner] = {"adam": run_adam, "cmaes": run_cmaes, "turbo": run_turbo}
+OPTIMISER_CONFIGS: dict[str, type] = {
+    "adam": AdamConfig, "cmaes": CMAESConfig, "turbo": TurboConfig}
+
+
+def bounds(config: Any, dim: int) -> torch.Tensor | None:
+    """The search box (2, d) an optimiser keeps its latents in, or None if unbounded."""
+    return config.bounds(dim)
+
+
+def minimise(method: str, objective: Objective, dim: int, budget: int, config: Any = None,
+             seed: int = 0, device: torch.device | str = CPU,
+             progress: Progress | None = None) -> OptimiseResult:
+    """Minimise ``objective`` over R^dim (or its box) with at most ``budget`` evaluations."""
+    if method not in OPTIMISERS:
+        raise ValueError(f"unknown optimiser {method!r}; allowed are {', '.join(OPTIMISERS)}")
+    config = OPTIMISER_CONFIGS[method]() if config is None else config
+    if not isinstance(config, OPTIMISER_CONFIGS[method]):
+        raise TypeError(f"{method} takes a {OPTIMISER_CONFIGS[method].__name__}, "
+                        f"got {type(config).__name__}")
+    if budget < 1 or dim < 1:
+        raise ValueError(f"need budget >= 1 and dim >= 1, got {budget} and {dim}")
+    return OPTIMISERS[method](objective, dim, budget, config, seed, torch.device(device),
+                              progress)

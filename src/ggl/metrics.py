@@ -1,0 +1,106 @@
+"""Reconstruction quality: MSE-I, PSNR (two conventions), SSIM, LPIPS, MSE-R.
+
+Conventions (stated in every table):
+- ``mse_i``: mean squared error over C x H x W on images in [-1, 1].
+- ``psnr_db_pm1``: the paper's PSNR, 10 log10(1 / MSE) on [-1, 1] images (peak 1), about
+  6.02 dB *below* the usual convention. ``psnr_db_01``: the usual PSNR on [0, 1] images, peak 1.
+  Identical images give +inf.
+- ``ssim``: structural similarity on [0, 1] images (scikit-image, data_range 1).
+- ``lpips_vgg``: LPIPS v0.1 with the VGG16 backbone (lower is better). Without the ImageNet
+  VGG16 weights the column is ``lpips_vgg_standin`` (random backbone), never ``lpips_vgg``.
+- ``mse_r``: MSE between the federated model's penultimate (fc input) features.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+VGG16_FILE = "vgg16-397923af.pth"  # torchvision checks the 8 hex digits against its SHA-256
+
+
+def mse_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(n,) per-image MSE of (n, C, H, W) images in [-1, 1]."""
+    return (a - b).pow(2).flatten(1).mean(1)
+
+
+def psnr_from_mse(mse: float, peak: float = 1.0) -> float:
+    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
+
+
+def psnr_pm1(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """The paper's convention: [-1, 1] tensors, peak 1."""
+    return [psnr_from_mse(float(m)) for m in mse_image(a, b)]
+
+
+def psnr_01(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """The usual convention: images mapped to [0, 1], peak 1."""
+    return [psnr_from_mse(float(m)) for m in mse_image((a + 1) / 2, (b + 1) / 2)]
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    from skimage.metrics import structural_similarity
+
+    def to01(t: torch.Tensor):
+        return ((t.detach().cpu().float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+    x, y = to01(a), to01(b)
+    return [float(structural_similarity(x[i], y[i], channel_axis=2, data_range=1.0))
+            for i in range(len(x))]
+
+
+def mse_representation(model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    from ggl.models import penultimate
+
+    with torch.no_grad():
+        return [float(v) for v in (penultimate(model, a) - penultimate(model, b)).pow(2).mean(1)]
+
+
+def vgg16_weights_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+
+
+def fetch_vgg16_weights() -> Path:
+    """Download torchvision's ImageNet VGG16 weights into the torch cache, hash-checked."""
+    path = vgg16_weights_path()
+    if path.exists():
+        return path
+    try:
+        torch.hub.load_state_dict_from_url(VGG16_URL, check_hash=True, progress=True)
+    except Exception as exc:  # offline: URLError, socket errors, ...
+        raise RuntimeError(
+            f"could not download the VGG16 weights LPIPS needs ({exc}). On a machine with "
+            f"internet access run `ggl fetch-lpips`, or download {VGG16_URL} and place it at "
+            f"{path} (its SHA-256 starts with 397923af)") from exc
+    return path
+
+
+class Lpips:
+    """LPIPS v0.1 (VGG). ``standin`` is True when the backbone has random weights."""
+
+    def __init__(self, allow_standin: bool, device: torch.device | str = "cpu") -> None:
+        import lpips
+
+        self.standin = not vgg16_weights_path().exists()
+        if self.standin and not allow_standin:
+            raise RuntimeError(
+                f"LPIPS needs torchvision's ImageNet VGG16 weights at {vgg16_weights_path()}; "
+                f"they are missing and this experiment does not allow the random-backbone "
+                f"stand-in (metrics.lpips_standin: false). Run `ggl fetch-lpips` on a machine "
+                f"with internet access, or download {VGG16_URL} to that path.")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision's 'pretrained' deprecation
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # the stand-in's random backbone is the same every run
+                self.net = lpips.LPIPS(net="vgg", pnet_rand=self.standin, verbose=False)
+        self.net = self.net.to(device).eval()
+        self.column = "lpips_vgg_standin" if self.standin else "lpips_vgg"
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> list[float]:
+        with torch.no_grad():
+            return [float(v) for v in self.net(a, b, normalize=False).flatten()]

@@ -1,0 +1,98 @@
+"""The attack stage: the attacker's inputs only, exact budgets, seeded bytes, its outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+
+import pytest
+import torch
+from conftest import tiny_params
+
+from ggl.attack.run import ATTACKS, Attacker, attack_config, run_attack
+from ggl.client import gradient_paths, run_gradients
+from ggl.config import Params, ParamsError
+from ggl.data import load_dataset, write_split
+from ggl.generators import load_generator
+from ggl.pipeline.registry import all_stages
+
+
+@pytest.fixture(scope="module")
+def received(tmp_path_factory):
+    """Tiny params and their received gradients (no defence, sparsification) on disk."""
+    root = tmp_path_factory.mktemp("attack")
+    raw = tiny_params()
+    raw["defences"] = {"none": [], "sparsification": [{"kind": "sparsification", "rate": 90.0}]}
+    raw["generator"]["latent_dim"] = 16
+    raw["generator"]["width"] = 4
+    for name, budget in (("ggl-adam", 12), ("ggl-cmaes", 40), ("ggl-bo", 25)):
+        raw["attacks"][name]["budget"] = budget
+    raw["attacks"]["ggl-cmaes"]["optimiser"]["popsize"] = 20
+    raw["attacks"]["ggl-bo"]["optimiser"].update(n_init=10, batch_size=5, n_candidates=100,
+                                                 fit_maxiter=10)
+    raw["attacks"]["ggl-adam"]["trials"] = 2
+    params = Params.from_raw(raw)
+    write_split(load_dataset(params.data), params.data, root / "data")
+    for defence in params.defences:
+        run_gradients(params, defence, root / "data", root / "results")
+    return params, root
+
+
+def _attack(params, root, defence, attack, out):
+    generator = load_generator("dcgan", None, "cpu", image_size=32, latent_dim=16, width=4)
+    files = {i: gradient_paths(root / "results", defence, i)[0] for i in params.image_ids()}
+    return run_attack(files, defence, attack, params.attacks[attack], generator,
+                      generator.info(), params.seed, out, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("attack", ["ggl-adam", "ggl-cmaes", "ggl-bo"])
+def test_each_attack_writes_its_outputs_within_budget(received, attack, tmp_path):
+    params, root = received
+    folders = _attack(params, root, "sparsification", attack, tmp_path)
+    cfg = params.attacks[attack]
+    for folder in folders:
+        result = json.loads((folder / "result.json").read_text())
+        assert result["evaluations"] <= cfg.trials * cfg.budget
+        assert result["budget_units"].startswith("objective evaluations")
+        assert 0 <= result["inferred_label"] < 10
+        assert torch.load(folder / "reconstruction.pt", weights_only=True).shape == (3, 32, 32)
+        assert torch.load(folder / "latent.pt", weights_only=True).shape == (16,)
+        curve = (folder / "curve.csv").read_text().splitlines()
+        assert curve[0] == "trial,evaluations,best_loss"
+        assert len({line.split(",")[0] for line in curve[1:]}) == cfg.trials
+        assert result["defence_estimate"]["0.sparsification"]["rate"] >= 90
+
+
+def test_same_seed_same_reconstruction_bytes(received, tmp_path):
+    params, root = received
+    a = _attack(params, root, "none", "ggl-cmaes", tmp_path / "a")
+    b = _attack(params, root, "none", "ggl-cmaes", tmp_path / "b")
+    for x, y in zip(a, b, strict=True):
+        # torch.save stamps each file with a random serialization id: compare the tensors
+        tx, ty = (torch.load(f / "reconstruction.pt", weights_only=True) for f in (x, y))
+        assert tx.numpy().tobytes() == ty.numpy().tobytes()
+        assert (x / "reconstruction.png").read_bytes() == (y / "reconstruction.png").read_bytes()
+
+
+def test_the_attacker_never_gets_the_private_image(received):
+    params, _ = received
+    assert not {"image", "images", "private"} & {f.name for f in dataclasses.fields(Attacker)}
+    for method in ATTACKS.names():
+        assert not {"image", "truth"} & set(inspect.signature(ATTACKS.get(method)).parameters)
+    for stage in all_stages(params):
+        if stage.kind.name == "attack":
+            deps = stage.deps(params)
+            assert not any("private" in d or d.endswith(".json") for d in deps), deps
+            assert any(d.endswith("generator.pt") for d in deps)
+
+
+def test_bad_attack_settings_name_the_key():
+    raw = tiny_params()["attacks"]["ggl-adam"]
+    with pytest.raises(ParamsError, match=r"attacks.x.optimiser.lrr: unknown setting"):
+        attack_config({**raw, "optimiser": {"lrr": 0.1}}, "attacks.x")
+    with pytest.raises(ParamsError, match=r"attacks.x.objective.distance: 'l3'"):
+        attack_config({**raw, "objective": {**raw["objective"], "distance": "l3"}}, "attacks.x")
+    cmaes = tiny_params()["attacks"]["ggl-cmaes"]
+    with pytest.raises(ParamsError, match=r"attacks.x.budget"):
+        attack_config({**cmaes, "budget": 10}, "attacks.x")

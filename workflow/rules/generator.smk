@@ -1,0 +1,31 @@
+# The server's prior: WGAN-GP on the public split, then a readable quality check.
+rule train_gan:
+    input:
+        stage("train-gan").deps(P),
+    output:
+        stage("train-gan").outs(P),
+    params:
+        values=stage("train-gan").param_values(P),
+        cmd=stage("train-gan").command(PARAMS_FILE),
+    threads: workflow.cores
+    resources:
+        gpu=1,
+        runtime=240,
+        mem_mb=8000,
+    shell:
+        "{params.cmd}"
+
+
+rule gan_quality:
+    input:
+        stage("gan-quality").deps(P),
+    output:
+        stage("gan-quality").outs(P),
+    params:
+        values=stage("gan-quality").param_values(P),
+        cmd=stage("gan-quality").command(PARAMS_FILE),
+    resources:
+        runtime=30,
+        mem_mb=4000,
+    shell:
+        "{params.cmd}"
