@@ -1,39 +1,84 @@
-"""BigGAN-deep-256, the paper's 224x224 prior: its architecture and the retrieval stage.
+"""BigGAN-deep-256, the paper's 224x224 prior: its architecture and its verified retrieval.
 
-The ``pytorch-pretrained-biggan`` package ships only the 128x128 default config; the 256 model's
-config and weights are separate downloads. ``BIGGAN_DEEP_256`` records the architecture from
-the BigGAN-deep paper (Brock et al., ICLR 2019, appendix B: ch = 128, a 4x4x16ch start, blocks
-of 16,16 | 16,8 | 8,8 | 8,4 | 4,2 | 2,1 channel multipliers, each pair a plain then an
-up-sampling residual block, non-local attention at 64x64, 51 truncation statistics); the fetch
-stage checks it against the downloaded config.json.
+``pytorch-pretrained-biggan`` ships only the 128x128 default config; the 256 model's config.json
+and weights are separate downloads from the URLs inside the package (``urls()``).
 
-Downloads stream to a temporary file and reach their final path only when whole (the
-Content-Length matches) and verified against the SHA-256 recorded in ``checksums.json``.
+Where the numbers of ``BIGGAN_DEEP_256`` come from
+--------------------------------------------------
+* Every value equals ``BigGAN256`` in the package's own converter,
+  ``pytorch_pretrained_biggan/convert_tf_to_pytorch.py`` (the script that turned DeepMind's TF-Hub
+  module into the published files; ``tests/test_generators.py`` checks the equality).
+* The BigGAN paper (Brock et al., ICLR 2019, appendix B, BigGAN-deep at 256x256) agrees: z and
+  the shared class embedding are 128-d (``z_dim``, ``class_embed_dim``), ``ch`` = 128
+  (``channel_width``), a 4x4x16ch start, two blocks per resolution (a plain one, then an
+  up-sampling one) with channel multipliers 16,16 | 16,8 | 8,8 | 8,4 | 4,2 | 2,1 from 4x4 to
+  256x256 (``layers``: up-sample?, in, out), and non-local attention at 64x64, i.e. before the
+  ninth block (``attention_layer_position`` 8). 1000 ImageNet classes.
+* ``eps`` 1e-4 (spectral/batch norm) and ``n_stats`` 51 (truncation values 0, 0.02, ..., 1 with
+  stored BatchNorm statistics) are the package's defaults, the same for all its models.
+The published config.json itself could not be fetched where this was written (no internet);
+``fetch_biggan`` refuses a downloaded config.json that differs from this dict.
+
+Checksums: the situation, honestly
+----------------------------------
+No SHA-256 of these two files is published (neither the package, its repository, nor the S3
+bucket lists one; the Hugging Face hub lists LFS hashes only for mirrors of other models), and
+they could not be downloaded where this was written. So ``EXPECTED_SHA256`` holds ``None`` for
+the weights: a download is then *not* trusted; it is kept beside the destination as
+``<name>.unverified`` and the error prints its SHA-256. Check that hash against a copy you trust
+(e.g. a colleague's, or a second download over another network), then rerun with it
+(``fetch_biggan(dest, sha256={WEIGHTS_FILE: hash})``, CLI ``--sha256 HASH``); the kept file is
+then promoted without downloading again. Commit the hash into ``EXPECTED_SHA256`` once known.
+The config is small and fully checked by content (it must equal ``BIGGAN_DEEP_256``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import logging
+import os
 import urllib.error
 import urllib.request
-from importlib import resources
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ggl import io
 
+log = logging.getLogger("ggl.biggan")
+
 BIGGAN_DEEP_256: dict[str, Any] = {
-    "output_dim": 256, "z_dim": 128, "class_embed_dim": 128, "channel_width": 128,
+    "output_dim": 256,
+    "z_dim": 128,
+    "class_embed_dim": 128,
+    "channel_width": 128,
     "num_classes": 1000,
-    "layers": [[False, 16, 16], [True, 16, 16], [False, 16, 16], [True, 16, 8],
-               [False, 8, 8], [True, 8, 8], [False, 8, 8], [True, 8, 4],
-               [False, 4, 4], [True, 4, 2], [False, 2, 2], [True, 2, 1]],
-    "attention_layer_position": 8, "eps": 1e-4, "n_stats": 51,
+    "layers": [[False, 16, 16], [True, 16, 16],   # 4 -> 8
+               [False, 16, 16], [True, 16, 8],    # 8 -> 16
+               [False, 8, 8], [True, 8, 8],       # 16 -> 32
+               [False, 8, 8], [True, 8, 4],       # 32 -> 64
+               [False, 4, 4], [True, 4, 2],       # 64 -> 128 (attention before [False, 4, 4])
+               [False, 2, 2], [True, 2, 1]],      # 128 -> 256
+    "attention_layer_position": 8,
+    "eps": 1e-4,
+    "n_stats": 51,
 }
+
 WEIGHTS_FILE = "biggan-deep-256-pytorch_model.bin"
 CONFIG_FILE = "biggan-deep-256-config.json"
+
+# None = not known here; see the module docstring. Fill in from a verified download.
+EXPECTED_SHA256: dict[str, str | None] = {WEIGHTS_FILE: None, CONFIG_FILE: None}
+
+# Not a checksum: the float32 tensors of the architecture above (58,573,185 values incl. the
+# BatchNorm statistics buffers) take 234,292,740 bytes, so expect a file of about 234 MB.
+APPROX_WEIGHTS_BYTES = 234_292_740
+
+Opener = Callable[[str], Any]  # url -> a context-managed response with .read() and .headers
+
+
+NO_HASH = "no SHA-256 is known for it"
 
 
 class DownloadError(RuntimeError):
@@ -48,20 +93,7 @@ def urls() -> dict[str, str]:
             CONFIG_FILE: model.PRETRAINED_CONFIG_ARCHIVE_MAP["biggan-deep-256"]}
 
 
-def recorded_checksums() -> dict[str, str | None]:
-    text = resources.files("ggl").joinpath("checksums.json").read_text()
-    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
-
-
-def record_checksum(name: str, sha256: str) -> Path:
-    path = Path(str(resources.files("ggl").joinpath("checksums.json")))
-    data = json.loads(path.read_text())
-    data[name] = sha256
-    io.write_text(path, json.dumps(data, indent=2) + "\n")
-    return path
-
-
-def sha256_of(path: Path) -> str:
+def sha256_of(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -69,62 +101,131 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def offline_help(dest: Path) -> str:
-    lines = [f"  {url}  ->  {dest / name}" for name, url in urls().items()]
-    return ("download these files by hand on a machine with internet access and place them "
-            "as shown (then rerun; they are verified against src/ggl/checksums.json):\n"
-            + "\n".join(lines))
+def parse_sha256_overrides(values: Iterable[str]) -> dict[str, str]:
+    """CLI ``--sha256`` values: ``HASH`` (the weights) or ``FILE=HASH``."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, _, digest = value.rpartition("=")
+        name = name or WEIGHTS_FILE
+        digest = digest.strip().lower()
+        if name not in (WEIGHTS_FILE, CONFIG_FILE):
+            raise ValueError(f"--sha256: unknown file {name!r}; use {WEIGHTS_FILE} or "
+                             f"{CONFIG_FILE}")
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"--sha256: {value!r} is not a 64-digit hex SHA-256")
+        out[name] = digest
+    return out
 
 
-def download(url: str, dest: Path, expected_sha256: str | None, record: bool = False,
-             opener=urllib.request.urlopen) -> Path:
-    """Stream ``url`` to ``dest`` atomically; refuse a truncated or unverified file."""
-    name = dest.name
-    try:
-        with io.atomic_path(dest) as tmp:
-            with opener(url) as response, open(tmp, "wb") as out:
-                length = response.headers.get("Content-Length")
-                shutil.copyfileobj(response, out, 1 << 20)
-            size = tmp.stat().st_size
-            if length is not None and size != int(length):
-                raise DownloadError(f"{name}: truncated download ({size} of {length} bytes)")
-            actual = sha256_of(tmp)
-            if expected_sha256 is None and not record:
-                raise DownloadError(
-                    f"{name}: no SHA-256 is recorded for it in src/ggl/checksums.json (it "
-                    f"could not be downloaded where ggl was built), so it cannot be verified. "
-                    f"Its SHA-256 is {actual}. If you trust this download, run "
-                    f"`ggl fetch-biggan --record-hash` to record it, and commit the file.")
-            if expected_sha256 is not None and actual != expected_sha256:
-                raise DownloadError(f"{name}: SHA-256 {actual} does not match the recorded "
-                                    f"{expected_sha256}; the download is corrupt")
-    except (urllib.error.URLError, OSError) as exc:
-        raise DownloadError(f"could not download {url} ({exc}); " + offline_help(dest.parent)
-                            ) from exc
-    if expected_sha256 is None and record:
-        record_checksum(name, actual)
-    return dest
-
-
-def verify(path: Path, expected_sha256: str | None) -> bool:
-    return path.is_file() and expected_sha256 is not None and sha256_of(path) == expected_sha256
-
-
-def fetch_biggan(dest_dir: str | Path, record: bool = False,
-                 opener=urllib.request.urlopen) -> dict[str, Path]:
-    """Make sure the verified weights and config are in ``dest_dir``; download what is not."""
+def offline_help(dest_dir: str | os.PathLike, sources: Mapping[str, str] | None = None) -> str:
     dest_dir = Path(dest_dir)
-    checksums = recorded_checksums()
-    paths = {}
-    for name, url in urls().items():
-        path = dest_dir / name
-        if not verify(path, checksums.get(name)):
-            if path.exists():
-                path.unlink()  # present but unverified: fetch again
-            download(url, path, checksums.get(name), record, opener)
-        paths[name] = path
-    downloaded = json.loads(paths[CONFIG_FILE].read_text())
-    if downloaded != BIGGAN_DEEP_256:
-        raise DownloadError(f"{paths[CONFIG_FILE]} differs from the architecture recorded in "
-                            f"ggl.biggan.BIGGAN_DEEP_256: {downloaded}")
-    return paths
+    lines = [f"  {url}\n    -> {dest_dir / name}" for name, url in (sources or urls()).items()]
+    return ("Download these files by hand on a machine with internet access and place them as "
+            "shown, then rerun (nothing is downloaded when they are present and verify):\n"
+            + "\n".join(lines)
+            + f"\nThe weights are about {APPROX_WEIGHTS_BYTES / 1e6:.0f} MB. They are verified "
+              "against ggl.biggan.EXPECTED_SHA256 (or --sha256); the config must equal "
+              "ggl.biggan.BIGGAN_DEEP_256.")
+
+
+def _config_matches(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()) == BIGGAN_DEEP_256
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def _problem(name: str, path: Path, expected: str | None, actual: str) -> str | None:
+    """Why ``path`` (holding ``name``) may not be trusted, or None when it verifies."""
+    if expected is not None and actual != expected:
+        return f"SHA-256 {actual} does not match the expected {expected}"
+    if name == CONFIG_FILE and not _config_matches(path):
+        return "its content differs from the architecture in ggl.biggan.BIGGAN_DEEP_256"
+    if expected is None and name != CONFIG_FILE:
+        return NO_HASH
+    return None
+
+
+def _stream(url: str, tmp: Path, opener: Opener) -> str:
+    """Stream ``url`` into ``tmp``; refuse a short read; return the SHA-256."""
+    digest, size = hashlib.sha256(), 0
+    with opener(url) as response, open(tmp, "wb") as out:
+        length = response.headers.get("Content-Length")
+        for block in iter(lambda: response.read(1 << 20), b""):
+            digest.update(block)
+            out.write(block)
+            size += len(block)
+    if length is not None and size != int(length):
+        raise DownloadError(f"{url}: truncated download ({size} of {length} bytes)")
+    return digest.hexdigest()
+
+
+def _urlopen(url: str) -> Any:
+    return urllib.request.urlopen(url, timeout=60)
+
+
+def download(name: str, url: str, dest_dir: Path, expected: str | None,
+             opener: Opener = _urlopen) -> Path:
+    """Download one file; it reaches ``dest_dir/name`` only when whole and verified.
+
+    A whole download that cannot be verified because no hash is known is kept as
+    ``name.unverified`` (never at the final path) so that a rerun with its hash needs no
+    second download."""
+    final = dest_dir / name
+    kept = dest_dir / f"{name}.unverified"
+    try:
+        with io.atomic_path(final) as tmp:  # renamed onto `final` only if this block succeeds
+            actual = _stream(url, tmp, opener)
+            problem = _problem(name, tmp, expected, actual)
+            if problem == NO_HASH:
+                os.replace(tmp, kept)
+                raise DownloadError(
+                    f"{name}: downloaded, but no SHA-256 is known for it, so it is not trusted. "
+                    f"It is kept at {kept}; its SHA-256 is {actual}. Check that hash against a "
+                    f"copy you trust, then rerun with it (CLI: --sha256 {actual}; Python: "
+                    f"fetch_biggan(..., sha256={{'{name}': '{actual}'}})) and record it in "
+                    f"ggl.biggan.EXPECTED_SHA256.")
+            if problem is not None:
+                raise DownloadError(f"{name}: refused, {problem}; the download is corrupt or "
+                                    f"not the expected file (nothing written at {final})")
+    except (urllib.error.URLError, OSError) as exc:  # offline, DNS, HTTP errors, disk
+        raise DownloadError(f"could not download {url} ({exc}).\n"
+                            + offline_help(dest_dir)) from exc
+    return final
+
+
+def fetch_biggan(dest_dir: str | os.PathLike, sha256: Mapping[str, str] | None = None, *,
+                 sources: Mapping[str, str] | None = None, opener: Opener = _urlopen) -> Path:
+    """Make sure verified BigGAN-deep-256 weights and config are in ``dest_dir``.
+
+    Files already present and verified are not downloaded again; a present file that fails
+    verification is moved aside to ``name.rejected`` (never trusted, never deleted). ``sha256``
+    overrides ``EXPECTED_SHA256`` per file name; ``sources`` overrides the package's URLs
+    (tests, mirrors). Returns the weights path (the ``checkpoint`` of ``load_generator``)."""
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    sources = dict(sources or urls())
+    # The small, content-checked config first: a weights problem then leaves it in place.
+    for name, url in sorted(sources.items(), key=lambda item: item[0] != CONFIG_FILE):
+        expected = (sha256 or {}).get(name) or EXPECTED_SHA256.get(name)
+        final, kept = dest_dir / name, dest_dir / f"{name}.unverified"
+        if final.exists():
+            problem = _problem(name, final, expected, sha256_of(final))
+            if problem is None:
+                log.info("%s: present and verified, not downloaded", final)
+                continue
+            if problem == NO_HASH:
+                raise DownloadError(
+                    f"{final} is present but no SHA-256 is known to verify it (its SHA-256 is "
+                    f"{sha256_of(final)}); rerun with --sha256 after checking that hash")
+            os.replace(final, dest_dir / f"{name}.rejected")
+            log.warning("%s: %s; moved aside to %s.rejected", final, problem, name)
+        if kept.exists() and expected is not None:
+            if _problem(name, kept, expected, sha256_of(kept)) is None:
+                os.replace(kept, final)  # a whole earlier download, now verified
+                log.info("%s: verified the kept download, no new download", final)
+                continue
+            kept.unlink()
+        download(name, url, dest_dir, expected, opener)
+        log.info("%s: downloaded and verified", final)
+    return dest_dir / WEIGHTS_FILE

@@ -1,73 +1,129 @@
 """WGAN-GP training of the 32x32 generator on the public split, and its quality check.
 
-The authors never released their generator, so the pipeline trains it. Training is
-resumable: the state is saved atomically after every epoch and a rerun with the same config
-continues from there. Every epoch draws its randomness from its own seed, so an interrupted
-and resumed run ends with the same weights as an uninterrupted one (on the CPU).
+The authors never released their generator, so the pipeline trains it. ``train_gan`` only ever
+receives the public images. It is resumable: everything it needs (networks, optimisers, EMA,
+loss rows, counters) is saved atomically at the end of every epoch, and every epoch draws its
+randomness from its own seed, so a killed run resumed from its last epoch ends with the same
+weights as an uninterrupted one (on the CPU; CUDA kernels may differ in the last bits).
+
+Two recipes (every value is a params field, ``GanTrainConfig`` has no defaults):
+``PAPER_RECIPE`` is the paper's, ``CPU_RECIPE`` the default engineered for about 2.5 minutes on
+2 CPU cores (see ``CPU_RECIPE``'s comment for what it changes and why).
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io as textio
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from ggl import io
-from ggl.generators import DCGANCritic, DCGANGenerator, Generator
+from ggl.generators import DCGANCritic, DCGANGenerator, Generator, dcgan_checkpoint
 from ggl.runtime import derive_seed
 
 LOSS_COLUMNS = ("step", "epoch", "critic_loss", "generator_loss", "gradient_penalty",
                 "wasserstein")
+RESUME_FILE = "resume.pt"
 
 
 @dataclass(frozen=True)
 class GanTrainConfig:
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 1e-4  # generator and critic
-    beta1: float = 0.5
-    beta2: float = 0.999
-    critic_steps: int = 5  # critic updates per generator update
-    gp_weight: float = 10.0
-    latent_dim: int = 128
-    width: int = 64  # paper: 64 (512/256/128 channels in the generator)
-    ema: float = 0.0  # decay of an exponential moving average of the generator (0 = off)
-    seed: int = 0
+    """One WGAN-GP recipe. ``epochs`` count passes of the *critic* over the public images."""
+
+    epochs: int
+    batch_size: int
+    lr: float                    # critic learning rate (Adam)
+    generator_lr: float          # generator learning rate (Adam); paper: the same as lr
+    betas: tuple[float, float]   # Adam betas of both networks
+    critic_steps: int            # critic updates per generator update
+    gp_weight: float             # gradient-penalty weight (lambda)
+    gp_every: int                # penalise every k-th critic step, weight x k ("lazy"); paper 1
+    drift_weight: float          # epsilon * E[D(real)^2] keeps critic outputs near 0; paper 0
+    ema: float                   # EMA decay of the generator's weights; 0 = off (paper)
+    bn_recalibration: int        # batches of 256 latents to re-estimate BN statistics; 0 = off
+    latent_dim: int
+    width: int                   # generator 8w/4w/2w channels, critic 2w/4w/8w; paper 64
+    seed: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))  # YAML lists
+        if len(self.betas) != 2:
+            raise ValueError("betas must be two numbers")
+        for name in ("epochs", "batch_size", "critic_steps", "gp_every", "latent_dim", "width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GanTrainConfig:
+        names = {f.name for f in fields(cls)}
+        unknown, missing = set(values) - names, names - set(values)
+        if unknown or missing:
+            raise ValueError(f"GAN training settings: unknown {sorted(unknown)}, "
+                             f"missing {sorted(missing)}")
+        return cls(**values)
+
+
+# The paper: 100 epochs, batch 64, Adam lr 1e-4 betas (0.5, 0.999), 5 critic steps per
+# generator step, gradient penalty 10, width 64 (512/256/128 channels), no EMA.
+PAPER_RECIPE = GanTrainConfig(
+    epochs=100, batch_size=64, lr=1e-4, generator_lr=1e-4, betas=(0.5, 0.999), critic_steps=5,
+    gp_weight=10.0, gp_every=1, drift_weight=0.0, ema=0.0, bn_recalibration=0,
+    latent_dim=128, width=64, seed=0)
+
+# Engineered for 2 CPU cores (measurements in the report): same architecture family and loss
+# (WGAN-GP), narrower, one critic step per generator step, Adam betas (0, 0.9) of the WGAN-GP
+# paper, higher learning rates, an EMA of the generator's weights with recalibrated BatchNorm
+# statistics. Filled in from the measurements below.
+CPU_RECIPE = GanTrainConfig(
+    epochs=60, batch_size=64, lr=5e-4, generator_lr=5e-4, betas=(0.0, 0.9), critic_steps=1,
+    gp_weight=10.0, gp_every=1, drift_weight=1e-3, ema=0.99, bn_recalibration=8,
+    latent_dim=128, width=16, seed=0)
 
 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                     gen: torch.Generator) -> torch.Tensor:
-    alpha = torch.rand(len(real), 1, 1, 1, generator=gen).to(real)
+                     alpha: torch.Tensor) -> torch.Tensor:
+    """E[(||grad_x D(x)|| - 1)^2] on random interpolates of real and fake (Gulrajani et al.)."""
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
+def data_fingerprint(images: torch.Tensor) -> str:
+    """A resume must continue on the same public images."""
+    digest = hashlib.sha256(str(tuple(images.shape)).encode())
+    digest.update(images.detach().cpu().contiguous().float().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 class _State:
-    """Everything needed to resume: networks, optimisers, EMA, loss rows, epochs done."""
+    """Everything needed to resume: networks, optimisers, EMA, loss rows and counters."""
 
     def __init__(self, cfg: GanTrainConfig, device: torch.device) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.g = DCGANGenerator(cfg.latent_dim, cfg.width).to(device)
             self.c = DCGANCritic(cfg.width).to(device)
-        self.ema = copy.deepcopy(self.g).eval().requires_grad_(False)
-        betas = (cfg.beta1, cfg.beta2)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=betas)
-        self.opt_c = torch.optim.Adam(self.c.parameters(), lr=cfg.lr, betas=betas)
+        self.ema = copy.deepcopy(self.g).requires_grad_(False)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.generator_lr, betas=cfg.betas)
+        self.opt_c = torch.optim.Adam(self.c.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.rows: list[list[float]] = []
         self.epoch = 0
+        self.critic_iters = 0
 
-    def state_dict(self, cfg: GanTrainConfig) -> dict[str, Any]:
-        return {"config": asdict(cfg), "epoch": self.epoch, "rows": self.rows,
+    def state_dict(self, cfg: GanTrainConfig, fingerprint: str) -> dict[str, Any]:
+        return {"config": asdict(cfg), "data": fingerprint, "epoch": self.epoch,
+                "critic_iters": self.critic_iters, "rows": self.rows,
                 "generator": self.g.state_dict(), "critic": self.c.state_dict(),
                 "ema": self.ema.state_dict(), "opt_g": self.opt_g.state_dict(),
                 "opt_c": self.opt_c.state_dict()}
@@ -78,85 +134,142 @@ class _State:
         self.ema.load_state_dict(state["ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_c.load_state_dict(state["opt_c"])
-        self.rows, self.epoch = [list(r) for r in state["rows"]], int(state["epoch"])
+        self.rows = [list(r) for r in state["rows"]]
+        self.epoch, self.critic_iters = int(state["epoch"]), int(state["critic_iters"])
+
+
+def _update_ema(s: _State, decay: float) -> None:
+    """EMA of the generator's parameters; the decay ramps up so early steps do not linger."""
+    step = len(s.rows)
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(s.ema.parameters(), s.g.parameters(), strict=True):
+            e.lerp_(p, 1 - d)
+        for e, b in zip(s.ema.buffers(), s.g.buffers(), strict=True):
+            e.copy_(b)
 
 
 def _epoch(s: _State, images: torch.Tensor, cfg: GanTrainConfig, device: torch.device,
            bar: tqdm) -> None:
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "gan-epoch", s.epoch))
     order = torch.randperm(len(images), generator=gen)
-    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    batches = [b for b in batches if len(b) == cfg.batch_size] or batches
+    # Full batches only (the gradient penalty and BN see equal-sized batches); a public set
+    # smaller than one batch is one short batch.
+    batches = [order[i: i + cfg.batch_size]
+               for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)] or [order]
     s.g.train()
-    for i, idx in enumerate(batches):
-        real = images[idx].to(device)
-        z = torch.randn(len(real), cfg.latent_dim, generator=gen).to(device)
+    pending: list[list[float]] = []  # critic metrics since the last generator step
+    for idx in batches:
+        real = images[idx].to(device, non_blocking=True)
+        n = len(real)
+        z = torch.randn(n, cfg.latent_dim, generator=gen).to(device)
+        alpha = torch.rand(n, 1, 1, 1, generator=gen).to(device)
         with torch.no_grad():
             fake = s.g(z)
-        d_real, d_fake = s.c(real).mean(), s.c(fake).mean()
-        gp = gradient_penalty(s.c, real, fake, gen)
-        critic_loss = d_fake - d_real + cfg.gp_weight * gp
-        s.opt_c.zero_grad()
-        critic_loss.backward()
+        d_real, d_fake = s.c(real), s.c(fake)
+        w = d_real.mean() - d_fake.mean()
+        loss = -w
+        penalise = cfg.gp_weight > 0 and s.critic_iters % cfg.gp_every == 0
+        gp = torch.zeros((), device=device)
+        if penalise:
+            gp = gradient_penalty(s.c, real, fake, alpha)
+            loss = loss + cfg.gp_weight * cfg.gp_every * gp
+        if cfg.drift_weight:
+            loss = loss + cfg.drift_weight * d_real.pow(2).mean()
+        s.opt_c.zero_grad(set_to_none=True)
+        loss.backward()
         s.opt_c.step()
-        if (i + 1) % cfg.critic_steps:
+        s.critic_iters += 1
+        pending.append([loss.item(), gp.item() if penalise else float("nan"), w.item()])
+        bar.update(1)
+        if s.critic_iters % cfg.critic_steps:
             continue
-        z = torch.randn(cfg.batch_size, cfg.latent_dim, generator=gen).to(device)
-        generator_loss = -s.c(s.g(z)).mean()
-        s.opt_g.zero_grad()
-        generator_loss.backward()
+        z = torch.randn(n, cfg.latent_dim, generator=gen).to(device)
+        g_loss = -s.c(s.g(z)).mean()
+        s.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
         s.opt_g.step()
-        _update_ema(s, cfg.ema)
-        s.rows.append([len(s.rows) + 1, s.epoch + 1, critic_loss.item(), generator_loss.item(),
-                       float(gp), float(d_real - d_fake)])
+        s.opt_c.zero_grad(set_to_none=True)  # the generator step left gradients in the critic
+        gps = [p[1] for p in pending if p[1] == p[1]]
+        s.rows.append([len(s.rows) + 1, s.epoch + 1, sum(p[0] for p in pending) / len(pending),
+                       g_loss.item(), sum(gps) / len(gps) if gps else float("nan"),
+                       sum(p[2] for p in pending) / len(pending)])
+        pending = []
+        if cfg.ema:
+            _update_ema(s, cfg.ema)
     if s.rows:
-        bar.set_postfix(critic=f"{s.rows[-1][2]:.3f}", W=f"{s.rows[-1][5]:.3f}")
+        bar.set_postfix(epoch=s.epoch + 1, critic=f"{s.rows[-1][2]:.3f}",
+                        W=f"{s.rows[-1][5]:.3f}", refresh=False)
     s.epoch += 1
 
 
-def _update_ema(s: _State, decay: float) -> None:
-    with torch.no_grad():
-        for e, p in zip(s.ema.parameters(), s.g.parameters(), strict=True):
-            e.lerp_(p, 1 - decay) if decay else e.copy_(p)
-        for e, b in zip(s.ema.buffers(), s.g.buffers(), strict=True):
-            e.copy_(b)
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, latent_dim: int, batches: int, seed: int,
+                          device: torch.device, batch_size: int = 256) -> None:
+    """Re-estimate BatchNorm statistics for the final weights (exact averages over seeded
+    latents): an EMA's weights never produced the running statistics they inherit."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not batches or not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    gen = torch.Generator().manual_seed(derive_seed(seed, "bn-recalibration"))
+    net.train()
+    for _ in range(batches):
+        net(torch.randn(batch_size, latent_dim, generator=gen).to(device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    net.eval()
 
 
 def train_gan(public_images: torch.Tensor, cfg: GanTrainConfig, out_dir: str | Path,
-              device: torch.device, log: Any = None, stop_after_epoch: int | None = None
-              ) -> Path:
-    """Train on the public images and write generator.pt, losses.csv, samples.png and
-    losses.png into ``out_dir``. ``stop_after_epoch`` simulates a kill (tests)."""
-    out_dir = Path(out_dir)
-    resume_path = out_dir / ".resume.pt"
+              device: torch.device | str, log: Any = None,
+              on_epoch_end: Callable[[int], None] | None = None) -> Path:
+    """Train on the public images (N, 3, H, W) in [-1, 1]; return ``out_dir/generator.pt``.
+
+    Writes ``generator.pt`` ({"generator": state_dict, "config": {...}}, loads with
+    ``weights_only=True``), ``losses.csv`` (one row per generator step), ``samples.png`` (64
+    samples) and ``losses.png``; ``resume.pt`` is rewritten after every epoch and removed at the
+    end. A rerun after a kill resumes from the last finished epoch when the settings and the
+    images are the same. ``on_epoch_end(epoch)`` runs after each epoch's checkpoint is saved."""
+    out_dir, device = Path(out_dir), torch.device(device)
+    resume_path = out_dir / RESUME_FILE
+    fingerprint = data_fingerprint(public_images)
     s = _State(cfg, device)
     if resume_path.exists():
         state = io.load_torch(resume_path, map_location=device)
-        if state["config"] == asdict(cfg):
+        if state["config"] == asdict(cfg) and state["data"] == fingerprint:
             s.load(state)
             if log:
-                log.info("resuming GAN training after epoch %d", s.epoch)
+                log.info("resuming GAN training after epoch %d of %d", s.epoch, cfg.epochs)
         elif log:
-            log.info("ignoring a resume file written for other settings")
+            log.info("%s was written for other settings or images: starting over", resume_path)
+    images = public_images.to(device)  # small enough to live on the device (digits: 16 MB)
+    per_epoch = max(1, len(images) // cfg.batch_size)
     start = time.perf_counter()
-    with tqdm(total=cfg.epochs, initial=s.epoch, desc="WGAN-GP", unit="epoch") as bar:
+    with tqdm(total=cfg.epochs * per_epoch, initial=s.epoch * per_epoch, unit="step",
+              desc="WGAN-GP (critic steps)", mininterval=1.0) as bar:
         while s.epoch < cfg.epochs:
-            _epoch(s, public_images, cfg, device, bar)
-            io.save_torch(resume_path, s.state_dict(cfg))
-            bar.update(1)
-            if stop_after_epoch is not None and s.epoch >= stop_after_epoch:
-                raise KeyboardInterrupt(f"stopped after epoch {s.epoch}")
+            _epoch(s, images, cfg, device, bar)
+            io.save_torch(resume_path, s.state_dict(cfg, fingerprint))
+            if on_epoch_end is not None:
+                on_epoch_end(s.epoch)
     if log:
-        log.info("trained %d epochs in %.1f s", cfg.epochs, time.perf_counter() - start)
+        log.info("trained to epoch %d in %.1f s (%d generator steps)", cfg.epochs,
+                 time.perf_counter() - start, len(s.rows))
     final = s.ema if cfg.ema else s.g
-    io.save_torch(out_dir / "generator.pt", {"generator": final.eval().state_dict(),
-                                             "config": asdict(cfg)})
+    recalibrate_batchnorm(final, cfg.latent_dim, cfg.bn_recalibration, cfg.seed, device)
+    final.eval()
+    image_size = public_images.shape[-1]
+    io.save_torch(out_dir / "generator.pt", dcgan_checkpoint(final, image_size, train=asdict(cfg)))
     io.write_text(out_dir / "losses.csv", _rows_csv(s.rows))
     _plot_losses(s.rows, out_dir / "losses.png")
+    generator = Generator(copy.deepcopy(final), cfg.latent_dim, image_size)
+    z = torch.randn(64, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
     with torch.no_grad():
-        gen = Generator(final, cfg.latent_dim, public_images.shape[-1])
-        z = torch.randn(64, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
-        io.save_image(out_dir / "samples.png", gen(z.to(device)))
+        io.save_image(out_dir / "samples.png", generator(z.to(device)))
     resume_path.unlink(missing_ok=True)
     return out_dir / "generator.pt"
 
@@ -169,71 +282,118 @@ def _rows_csv(rows: list[list[float]]) -> str:
     return out.getvalue()
 
 
+def _smooth(values: list[float], k: int) -> list[float]:
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v - (values[i - k] if i >= k else 0.0)
+        out.append(acc / min(i + 1, k))
+    return out
+
+
 def _plot_losses(rows: list[list[float]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 3.8))
     steps = [r[0] for r in rows]
+    k = max(1, len(rows) // 100)  # moving average over ~1 % of the run
     for col, label in ((2, "critic loss"), (3, "generator loss"), (5, "Wasserstein estimate")):
-        ax.plot(steps, [r[col] for r in rows], label=label, lw=0.8)
+        ax.plot(steps, _smooth([r[col] for r in rows], k), label=label, lw=0.9)
     ax.set_xlabel("generator step")
-    ax.set_title("WGAN-GP training on the public split")
+    ax.set_title(f"WGAN-GP on the public split (moving average of {k})")
     ax.legend()
     io.save_figure(path, fig)
 
 
-# --- quality check -----------------------------------------------------------------------
+# --- quality check -------------------------------------------------------------------------
+
 
 class _Classifier(nn.Module):
+    """A small CNN judge for 32x32 images (about 99 % on digits after a few seconds)."""
+
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(64, num_classes))
+            nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Linear(256, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
-def quality_check(generator: Generator, public: tuple[torch.Tensor, torch.Tensor],
-                  private: tuple[torch.Tensor, torch.Tensor], num_classes: int, seed: int,
-                  device: torch.device, n_samples: int = 2000, epochs: int = 15
-                  ) -> dict[str, Any]:
-    """A small classifier trained on the public labels judges the generator's samples.
+def _probabilities(clf: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([clf(x.to(device)).softmax(1).cpu() for x in images.split(500)])
 
-    ``sample_confidence`` (mean top-class probability on samples) near ``real_confidence``
-    (the same on private images) means recognisable samples; ``classes_covered`` below the
-    number of classes shows mode collapse."""
-    gen = torch.Generator().manual_seed(seed)
+
+def quality_check(generator: Generator, public_images: torch.Tensor,
+                  public_labels: torch.Tensor, private_images: torch.Tensor,
+                  private_labels: torch.Tensor | None = None,
+                  out_path: str | Path | None = None, device: torch.device | str = "cpu",
+                  seed: int = 0, n_samples: int = 2000, *, num_classes: int | None = None,
+                  classifier_epochs: int = 15, extra: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """How recognisable the generator's samples are, judged by a classifier of the public split.
+
+    ``sample_confidence`` (mean top-class probability on ``n_samples`` samples) near
+    ``real_confidence`` (the same on the private images) means samples as recognisable as
+    real images; ``classes_covered`` below the number of classes shows mode collapse. Writes
+    the dict (plus ``extra``) to ``out_path`` (quality.json) when given."""
+    device = torch.device(device)
+    num_classes = int(num_classes or int(public_labels.max()) + 1)
+    gen = torch.Generator().manual_seed(derive_seed(seed, "quality-check"))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(derive_seed(seed, "quality-classifier"))
         clf = _Classifier(num_classes).to(device)
+    x, y = public_images.to(device), public_labels.to(device)
+    batches = -(-len(x) // 64)
     opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
-    images, labels = public
-    for _ in range(epochs):
-        for idx in torch.randperm(len(images), generator=gen).split(64):
-            loss = nn.functional.cross_entropy(clf(images[idx].to(device)), labels[idx].to(device))
-            opt.zero_grad()
+    # one-cycle schedule: ~1 point more private accuracy than a constant rate, same time
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3,
+                                                   total_steps=classifier_epochs * batches)
+    start = time.perf_counter()
+    clf.train()
+    for _ in range(classifier_epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(64):
+            loss = F.cross_entropy(clf(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            schedule.step()
     clf.eval()
+    z = torch.randn(n_samples, generator.latent_dim, generator=gen)
+    labels = torch.randint(max(generator.num_classes, 1), (n_samples,), generator=gen)
     with torch.no_grad():
-        z = torch.randn(n_samples, generator.latent_dim, generator=gen).to(device)
-        samples = torch.cat([generator(c) for c in z.split(250)])
-        p_samples = clf(samples).softmax(1).cpu()
-        p_real = clf(private[0].to(device)).softmax(1).cpu()
+        samples = torch.cat([generator(zb.to(device), lb.to(device))
+                             for zb, lb in zip(z.split(500), labels.split(500), strict=True)])
+    p_samples = _probabilities(clf, samples, device)
+    p_real = _probabilities(clf, private_images, device)
     predicted = p_samples.argmax(1)
-    return {
-        "sample_confidence": float(p_samples.max(1).values.mean()),
-        "real_confidence": float(p_real.max(1).values.mean()),
+    sample_conf = float(p_samples.max(1).values.mean())
+    real_conf = float(p_real.max(1).values.mean())
+    quality: dict[str, Any] = {
+        "sample_confidence": sample_conf,
+        "real_confidence": real_conf,
+        "confidence_ratio": sample_conf / real_conf,
         "classes_covered": int(predicted.unique().numel()),
         "num_classes": num_classes,
-        "classifier_private_accuracy": float((p_real.argmax(1) == private[1]).float().mean()),
         "sample_class_histogram": torch.bincount(predicted, minlength=num_classes).tolist(),
+        "classifier_public_accuracy": float((_probabilities(clf, public_images, device)
+                                             .argmax(1) == public_labels.cpu()).float().mean()),
+        "classifier_private_accuracy": (
+            None if private_labels is None
+            else float((p_real.argmax(1) == private_labels.cpu()).float().mean())),
         "n_samples": n_samples,
+        "n_private": len(private_images),
+        "generator_stand_in": generator.stand_in,
+        "seconds": round(time.perf_counter() - start, 2),
+        "convention": "confidence = mean over images of the classifier's top softmax "
+                      "probability; the classifier is a small CNN trained on the public split",
     }
+    if out_path is not None:
+        io.write_json(out_path, {**quality, **(extra or {})})
+    return quality

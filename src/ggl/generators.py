@@ -1,14 +1,16 @@
 """Generators behind one interface: latents (and labels) -> images in [-1, 1].
 
-Every attack calls ``Generator(z, labels)``; the wrapped network is in eval mode with frozen
-parameters, so a call changes none of its buffers (the authors' BigGAN, left in train mode,
-drifted on every call) and gradients flow to ``z`` only. ``GENERATORS`` maps params'
-``generator.kind`` to a builder.
+Every attack calls ``generator(z, labels)`` and gets ``(n, 3, image_size, image_size)`` images at
+the federated model's resolution. The wrapped network is in eval mode with frozen parameters:
+gradients flow to ``z`` only, and a call changes none of its buffers (the authors left BigGAN in
+train mode, so its spectral-norm vectors drifted on every call). ``GENERATORS`` maps params'
+``generator.kind`` to a builder; ``package.module:callable`` plugs in a user's own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,20 @@ from torch import nn
 from ggl import io
 from ggl.registry import Registry
 
+# --- the paper's 32x32 WGAN-GP networks -----------------------------------------------------
+
 
 class DCGANGenerator(nn.Module):
-    """The paper's 32x32 generator: Linear(k -> 4*4*8w), BN, ReLU; three ConvT(k2, s2)
-    halving channels 8w -> 4w -> 2w -> 3 with BN/ReLU between; tanh. Paper: w = 64."""
+    """The paper's 32x32 generator, channels scaled by ``width`` (paper: width 64).
+
+    Linear(k -> 8w*4*4), BN1d, ReLU; ConvT(8w->4w, k2 s2), BN, ReLU; ConvT(4w->2w, k2 s2), BN,
+    ReLU; ConvT(2w->3, k2 s2), tanh. Width 64 gives the paper's 512/256/128 channels."""
 
     def __init__(self, latent_dim: int = 128, width: int = 64) -> None:
         super().__init__()
         self.latent_dim, self.width = latent_dim, width
-        self.fc = nn.Sequential(nn.Linear(latent_dim, 4 * 4 * 8 * width),
-                                nn.BatchNorm1d(4 * 4 * 8 * width), nn.ReLU(True))
+        self.fc = nn.Sequential(nn.Linear(latent_dim, 8 * width * 4 * 4),
+                                nn.BatchNorm1d(8 * width * 4 * 4), nn.ReLU(True))
         self.net = nn.Sequential(
             nn.ConvTranspose2d(8 * width, 4 * width, 2, stride=2), nn.BatchNorm2d(4 * width),
             nn.ReLU(True),
@@ -41,140 +47,219 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANCritic(nn.Module):
-    """The paper's WGAN-GP critic: three Conv(k3, s2, p1) + LeakyReLU, 2w -> 4w -> 8w
-    channels (paper: 128, 256, 512), Linear(4*4*8w -> 1), no normalisation."""
+    """The paper's WGAN-GP critic, no normalisation (the gradient penalty is per sample).
 
-    def __init__(self, width: int = 64) -> None:
+    Conv(3->2w, k3 s2 p1), LeakyReLU; Conv(2w->4w); Conv(4w->8w); Linear(8w*4*4 -> 1).
+    Width 64 gives the paper's 128/256/512 channels and Linear(8192 -> 1)."""
+
+    def __init__(self, width: int = 64, slope: float = 0.2) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, 2 * width, 3, 2, 1), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(2 * width, 4 * width, 3, 2, 1), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(4 * width, 8 * width, 3, 2, 1), nn.LeakyReLU(0.2, True),
-            nn.Flatten(), nn.Linear(4 * 4 * 8 * width, 1))
+            nn.Conv2d(3, 2 * width, 3, 2, 1), nn.LeakyReLU(slope),
+            nn.Conv2d(2 * width, 4 * width, 3, 2, 1), nn.LeakyReLU(slope),
+            nn.Conv2d(4 * width, 8 * width, 3, 2, 1), nn.LeakyReLU(slope),
+            nn.Flatten(), nn.Linear(8 * width * 4 * 4, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).view(-1)
 
 
-@dataclass
-class Generator:
-    """The interface every attack uses."""
+# --- the interface ----------------------------------------------------------------------------
 
-    net: nn.Module
-    latent_dim: int
-    image_size: int
-    conditional: bool = False
-    num_classes: int = 0
-    standin: str | None = None  # set when the weights are a stand-in (random init)
 
-    def __post_init__(self) -> None:
-        self.net.eval()
-        self.net.requires_grad_(False)
+class Generator(nn.Module):
+    """``generator(z (n, latent_dim), labels (n,) or None) -> (n, 3, image_size, image_size)``.
 
-    def to(self, device: torch.device | str) -> Generator:
-        self.net.to(device)
-        return self
+    Always in eval mode with ``requires_grad_(False)`` parameters. ``stand_in`` is None for real
+    (trained or downloaded) weights and otherwise says what the random-weight stand-in is, so no
+    result made with one can pass for the real thing."""
 
-    def __call__(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def __init__(self, net: nn.Module, latent_dim: int, image_size: int, *,
+                 conditional: bool = False, num_classes: int = 0,
+                 stand_in: str | None = None) -> None:
+        super().__init__()
+        if conditional and num_classes < 1:
+            raise ValueError("a conditional generator needs num_classes >= 1")
+        self.net = net
+        self.latent_dim, self.image_size = int(latent_dim), int(image_size)
+        self.conditional, self.num_classes = conditional, int(num_classes)
+        self.stand_in = stand_in
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Generator:
+        # Train mode would let BatchNorm / spectral norm update buffers on every call; a prior
+        # must be a fixed function of z, so the mode is pinned to eval.
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        tensor = next(iter([*self.net.parameters(), *self.net.buffers()]), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"z must be (n, {self.latent_dim}), got {tuple(z.shape)}")
         if self.conditional:
             if labels is None:
-                raise ValueError("a class-conditional generator needs labels")
-            images = self.net(z, F.one_hot(labels, self.num_classes).to(z.dtype))
+                raise ValueError("this generator is class-conditional: pass labels (n,)")
+            onehot = F.one_hot(labels.to(z.device).long().view(-1), self.num_classes).to(z.dtype)
+            images = self.net(z, onehot.expand(len(z), -1))
         else:
-            images = self.net(z)
-        if images.shape[-1] != self.image_size:
-            images = F.interpolate(images, size=self.image_size, mode="area")
-        return images.clamp(-1, 1)
+            images = self.net(z)  # labels are ignored: an unconditional prior
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            # area = average pooling for downscaling, as the authors' 256 -> 224 resize
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="area")
+        return images.clamp(-1, 1)  # tanh + averaging stay inside; guards float round-off
 
     def info(self) -> dict[str, Any]:
+        """What attack records say about the prior."""
         return {"latent_dim": self.latent_dim, "image_size": self.image_size,
-                "conditional": self.conditional, "standin": self.standin}
+                "conditional": self.conditional, "num_classes": self.num_classes,
+                "stand_in": self.stand_in}
 
 
-GENERATORS: Registry = Registry("generator")
+Builder = Callable[..., Generator]
+GENERATORS: Registry[Builder] = Registry("generator")
+
+
+def load_generator(kind: str, checkpoint: str | Path | None, device: torch.device | str,
+                   **options: Any) -> Generator:
+    """Build the generator of ``kind`` (a registered name or ``package.module:callable``).
+
+    ``checkpoint`` None gives a seeded random-weight stand-in (``stand_in`` says so). Options
+    are the builder's keyword arguments (image_size, latent_dim, width, num_classes, seed, ...);
+    the CLI passes the same set to every kind, so builders ignore the ones they do not use."""
+    built = GENERATORS.get(kind)(checkpoint=checkpoint, **options)
+    if not isinstance(built, Generator):
+        # A plugin may return a bare module z -> images; wrap it so it obeys the interface.
+        if not isinstance(built, nn.Module):
+            raise ValueError(f"generator {kind!r} returned {type(built).__name__}, "
+                             "expected ggl.generators.Generator or an nn.Module")
+        built = Generator(built, options["latent_dim"], options["image_size"],
+                          stand_in=None if checkpoint else f"{kind} without checkpoint")
+    return built.to(device)
+
+
+def dcgan_checkpoint(net: DCGANGenerator, image_size: int, **extra: Any) -> dict[str, Any]:
+    """What ``generator.pt`` holds: a plain state_dict and a small config (weights_only-safe)."""
+    return {"generator": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "config": {"arch": "dcgan", "latent_dim": net.latent_dim, "width": net.width,
+                       "image_size": image_size, **extra}}
 
 
 @GENERATORS.register("dcgan")
-def load_dcgan(checkpoint: str | Path | None, image_size: int, latent_dim: int, width: int,
-               seed: int = 0, **_: Any) -> Generator:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # a stand-in without checkpoint is the same every time
-        net = DCGANGenerator(latent_dim, width)
-    standin = "random-weight DCGAN (no checkpoint given)"
-    if checkpoint is not None:
-        state = io.load_torch(checkpoint)
-        net.load_state_dict(state["generator"])
-        standin = None
-    return Generator(net, latent_dim, image_size, standin=standin)
+def build_dcgan(checkpoint: str | Path | None, image_size: int = 32, latent_dim: int = 128,
+                width: int = 64, seed: int = 0, **_: Any) -> Generator:
+    """The 32x32 WGAN-GP generator; ``checkpoint`` is the ``generator.pt`` of ``train_gan``."""
+    if checkpoint is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the same stand-in every time
+            net = DCGANGenerator(latent_dim, width)
+        return Generator(net, latent_dim, image_size,
+                         stand_in=f"random-weight DCGAN (width {width}, seed {seed})")
+    state = io.load_torch(checkpoint)  # weights_only=True
+    saved = state["config"]
+    if (saved["latent_dim"], saved["width"]) != (latent_dim, width):
+        raise ValueError(f"{checkpoint} holds a generator with latent_dim {saved['latent_dim']} "
+                         f"and width {saved['width']}, but params ask for {latent_dim} and "
+                         f"{width}: retrain it (ggl train-gan) or fix generator settings")
+    net = DCGANGenerator(latent_dim, width)
+    net.load_state_dict(state["generator"])
+    return Generator(net, latent_dim, image_size)
+
+
+# --- BigGAN-deep-256 ----------------------------------------------------------------------------
 
 
 class _BigGANNet(nn.Module):
-    """Adapts BigGAN's (z, one-hot, truncation) call to (z, one-hot)."""
+    """Adapts BigGAN's ``(z, one-hot, truncation)`` call to ``(z, one-hot)``."""
 
     def __init__(self, biggan: nn.Module, truncation: float) -> None:
         super().__init__()
-        self.biggan, self.truncation = biggan, truncation
+        self.biggan, self.truncation = biggan, float(truncation)
 
     def forward(self, z: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         return self.biggan(z, onehot, self.truncation)
 
 
-def calibrate_biggan_statistics(biggan: nn.Module, z: torch.Tensor, onehot: torch.Tensor,
-                                truncation: float) -> None:
-    """Give a random-weight BigGAN the activation statistics it would have learnt.
+def _sane_biggan_init(biggan: nn.Module, truncation: float, seed: int) -> None:
+    """Make a random-weight BigGAN produce finite, varied images.
 
-    Its conditional BatchNorms normalise with stored statistics (mean 0, variance 1 when
-    untrained), so random weights blow activations up block after block until they overflow.
-    One forward pass stores each layer's actual batch statistics first."""
+    Two faults of the package's random init: the final unconditional BatchNorm's weight and bias
+    are ``torch.Tensor(n)``, i.e. uninitialised memory (garbage, sometimes NaN), and every
+    BatchNorm normalises with stored statistics (mean 0, var 1) that random weights do not have,
+    so activations grow block after block until they overflow. Fix the first with ones/zeros and
+    the second by storing each BatchNorm's actual statistics, measured on one seeded batch."""
     from pytorch_pretrained_biggan.model import BigGANBatchNorm
+
+    norms = [m for m in biggan.modules() if isinstance(m, BigGANBatchNorm)]
+    with torch.no_grad():
+        for m in norms:
+            if not m.conditional:
+                m.weight.fill_(1.0)
+                m.bias.zero_()
 
     def store(module: nn.Module, args: tuple) -> None:
         x = args[0]
         module.running_means.copy_(x.mean((0, 2, 3)).expand_as(module.running_means))
         module.running_vars.copy_(x.var((0, 2, 3)).expand_as(module.running_vars))
 
-    handles = [m.register_forward_pre_hook(store) for m in biggan.modules()
-               if isinstance(m, BigGANBatchNorm)]
+    config = biggan.config
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(4, config.z_dim, generator=gen)
+    onehot = F.one_hot(torch.randint(config.num_classes, (4,), generator=gen),
+                       config.num_classes).float()
+    handles = [m.register_forward_pre_hook(store) for m in norms]
     try:
         with torch.no_grad():
-            biggan(z, onehot, truncation)
+            biggan(z, onehot, truncation)  # pre-hooks run before each norm: layer by layer
     finally:
         for handle in handles:
             handle.remove()
 
 
 @GENERATORS.register("biggan-deep-256")
-def load_biggan(checkpoint: str | Path | None, image_size: int, channel_width: int | None = None,
-                truncation: float = 1.0, seed: int = 0, **_: Any) -> Generator:
-    """BigGAN-deep-256 (class-conditional, 1000 classes), area-resized to ``image_size``.
+def build_biggan(checkpoint: str | Path | None, image_size: int = 224, truncation: float = 1.0,
+                 seed: int = 0, stand_in_width: int = 4, **_: Any) -> Generator:
+    """BigGAN-deep-256 (1000 classes, z in R^128), area-resized to ``image_size``.
 
-    Without a checkpoint it is a random-weight stand-in with calibrated statistics (tests,
-    benchmarks); ``channel_width`` shrinks the stand-in (the real model has 128)."""
+    ``checkpoint``: the verified ``biggan-deep-256-pytorch_model.bin`` of ``ggl.biggan``; its
+    architecture is ``ggl.biggan.BIGGAN_DEEP_256``. Without it: a random-weight stand-in of that
+    architecture narrowed to ``stand_in_width`` channels per unit (the real model: 128), with a
+    sane initialisation; for tests and timing only."""
     from pytorch_pretrained_biggan import BigGAN, BigGANConfig
 
     from ggl.biggan import BIGGAN_DEEP_256
 
+    if not 0 < truncation <= 1:
+        raise ValueError(f"truncation must be in (0, 1], got {truncation}")
+    if checkpoint is None and stand_in_width < 3:
+        raise ValueError("stand_in_width must be >= 3 (BigGAN keeps the first 3 of "
+                         "channel_width output channels as RGB)")
     config = dict(BIGGAN_DEEP_256)
-    if checkpoint is None and channel_width is not None:
-        config["channel_width"] = channel_width
+    stand_in = None
+    if checkpoint is None:
+        config["channel_width"] = stand_in_width
+        stand_in = (f"random-weight BigGAN-deep-256 architecture, channel_width "
+                    f"{stand_in_width} (real: {BIGGAN_DEEP_256['channel_width']}), seed {seed}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         biggan = BigGAN(BigGANConfig.from_dict(config)).eval()
-        standin = None
-        if checkpoint is not None:
-            biggan.load_state_dict(torch.load(checkpoint, map_location="cpu",
-                                              weights_only=True))
-        else:
-            z = torch.randn(16, config["z_dim"])
-            onehot = F.one_hot(torch.randint(config["num_classes"], (16,)),
-                               config["num_classes"]).float()
-            calibrate_biggan_statistics(biggan, z, onehot, truncation)
-            standin = (f"random-weight BigGAN-deep-256 architecture "
-                       f"(channel_width {config['channel_width']}, calibrated statistics)")
+    if checkpoint is None:
+        _sane_biggan_init(biggan, truncation, seed)
+    else:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run `ggl fetch-biggan` (or see "
+                                    "ggl.biggan.fetch_biggan for a manual download)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        result = biggan.load_state_dict(state, strict=False)
+        if result.missing_keys:
+            raise ValueError(f"{path} lacks {len(result.missing_keys)} BigGAN-deep-256 tensors "
+                             f"(e.g. {result.missing_keys[:3]}): not the expected weights")
+        if result.unexpected_keys:
+            warnings.warn(f"{path}: ignored {len(result.unexpected_keys)} unknown tensors "
+                          f"(e.g. {result.unexpected_keys[:3]})", stacklevel=2)
     return Generator(_BigGANNet(biggan, truncation), config["z_dim"], image_size,
-                     conditional=True, num_classes=config["num_classes"], standin=standin)
-
-
-def load_generator(kind: str, checkpoint: str | Path | None, device: torch.device | str,
-                   **options: Any) -> Generator:
-    return GENERATORS.get(kind)(checkpoint=checkpoint, **options).to(device)
+                     conditional=True, num_classes=config["num_classes"], stand_in=stand_in)
