@@ -49,9 +49,9 @@ def small_turbo(**kw) -> TurboConfig:
 CASES = [("adam", AdamConfig(), 150, 128, 0.01),
          ("adam-step-signed", AdamConfig(schedule="step", signed=True), 150, 128, 0.1),
          ("adam-warmup-cosine", AdamConfig(schedule="warmup-cosine"), 150, 128, 0.01),
-         ("cmaes", CMAESConfig(popsize=20), 600, 128, 0.5),
-         ("turbo", small_turbo(), 60, 16, 0.5),
-         ("turbo", small_turbo(), 50, 128, 0.9)]
+         ("cmaes", CMAESConfig(popsize=20), 1000, 128, 0.5),
+         ("turbo", small_turbo(), 80, 16, 0.6),
+         ("turbo", small_turbo(), 70, 128, 0.9)]
 
 
 @pytest.mark.parametrize(("method", "cfg", "budget", "dim", "drop"), CASES,
@@ -96,10 +96,10 @@ def test_cmaes_tells_each_full_generation_once_and_spends_the_budget(budget, mon
     assert f.sizes == [20] * (budget // 20) + [budget % 20] * (budget % 20 > 0)
 
 
-@pytest.mark.parametrize(("budget", "chunk"), [(33, 0), (47, 4)])
-def test_turbo_spends_exactly_its_budget_in_batches(budget, chunk):
+@pytest.mark.parametrize(("budget", "chunk", "design"), [(33, 0, "lhs"), (47, 4, "sobol")])
+def test_turbo_spends_exactly_its_budget_in_batches(budget, chunk, design):
     f = Counted()
-    cfg = small_turbo(n_init=10, batch_size=5, init_chunk=chunk)
+    cfg = small_turbo(n_init=10, batch_size=5, init_chunk=chunk, design=design)
     result = minimise("turbo", f, 8, budget, cfg, seed=0)
     design = [chunk] * (10 // chunk) + [10 % chunk] * (10 % chunk > 0) if chunk else [10]
     batches = [5] * ((budget - 10) // 5) + [(budget - 10) % 5] * ((budget - 10) % 5 > 0)
@@ -171,6 +171,11 @@ def test_entry_point_checks_its_arguments():
     with pytest.raises(ValueError, match="length_min"):
         TurboConfig(length_min=1.0)
     assert set(opt.OPTIMISERS) == set(opt.OPTIMISER_CONFIGS) == {"adam", "cmaes", "turbo"}
+
+
+def test_latin_hypercube_puts_one_point_in_each_slice():
+    u = opt.latin_hypercube(7, 3, torch.Generator().manual_seed(0))
+    assert sorted((u * 7).floor().T.flatten().tolist()) == sorted(list(range(7)) * 3)
 
 
 def test_non_finite_losses_rank_last():

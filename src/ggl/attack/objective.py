@@ -75,18 +75,20 @@ REGULARISERS: dict[str, Regulariser] = {"kl": kl_scalar, "norm": norm_deviation,
 
 # --- per-candidate gradients ---------------------------------------------------------------
 
-def trial_gradients(model: nn.Module, images: torch.Tensor, label: int,
+def trial_gradients(model: nn.Module, images: torch.Tensor, label: int | torch.Tensor,
                     create_graph: bool = False) -> Gradient:
     """The model's batch-1 cross-entropy gradient of each image, stacked: list of (n, ...).
 
+    ``label`` is a class index, or (n, classes) soft-label probabilities (DLG learns them).
     One backward pass per candidate (eval-mode BatchNorm makes the candidates independent);
-    ``create_graph`` keeps the graph for Adam's double backpropagation."""
+    ``create_graph`` keeps the graph for double backpropagation."""
     params = [p for p in model.parameters()]
-    targets = torch.full((1,), label, dtype=torch.long, device=images.device)
+    if isinstance(label, int):
+        label = torch.full((len(images),), label, dtype=torch.long, device=images.device)
     per_candidate = []
     with torch.enable_grad():  # callers may score under no_grad; F itself is a gradient
-        for image in images:
-            loss = nn.functional.cross_entropy(model(image[None]), targets)
+        for image, target in zip(images, label, strict=True):
+            loss = nn.functional.cross_entropy(model(image[None]), target[None])
             per_candidate.append(torch.autograd.grad(loss, params, create_graph=create_graph))
     return [torch.stack(tensors) for tensors in zip(*per_candidate, strict=True)]
 

@@ -345,7 +345,7 @@ class Turbo:
         return (2 * u - 1) * self.cfg.bound
 
     def ask(self, limit: int | None = None) -> torch.Tensor:
-        limit = limit or math.inf
+        limit = math.inf if limit is None else limit
         if len(self._design):  # the initial design, possibly in chunks
             n = min(len(self._design), self.cfg.init_chunk or len(self._design), limit)
             self._asked, self._design = self._design[:n], self._design[n:]

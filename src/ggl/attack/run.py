@@ -73,10 +73,13 @@ GGL_OPTIMISERS = {"ggl-adam": "adam", "ggl-cmaes": "cmaes", "ggl-bo": "turbo"}
 
 def method_settings(method: str) -> tuple[type, type] | None:
     """(objective settings class, optimiser settings class) of a built-in method."""
+    from ggl.attack.baselines import LEARNS_LABEL, PixelObjectiveConfig, PixelOptimiserConfig
     from ggl.attack.optimisers import OPTIMISER_CONFIGS
 
     if method in GGL_OPTIMISERS:
         return ObjectiveConfig, OPTIMISER_CONFIGS[GGL_OPTIMISERS[method]]
+    if method in LEARNS_LABEL:
+        return PixelObjectiveConfig, PixelOptimiserConfig
     return None
 
 
@@ -91,12 +94,15 @@ def attack_config(raw: dict[str, Any], key: str) -> AttackConfig:
     objective = settings(classes[0], raw["objective"], f"{key}.objective")
     optimiser = settings(classes[1], raw["optimiser"], f"{key}.optimiser")
     for name, table in (("distance", DISTANCES), ("regulariser", REGULARISERS)):
-        if getattr(objective, name) not in table:
+        if hasattr(objective, name) and getattr(objective, name) not in table:
             raise ParamsError(f"{key}.objective.{name}: {getattr(objective, name)!r} is not "
                               f"allowed; allowed are {', '.join(table)}")
     if raw["method"] == "ggl-cmaes" and raw["budget"] < optimiser.popsize:
         raise ParamsError(f"{key}.budget: {raw['budget']} is less than one generation "
                           f"({key}.optimiser.popsize = {optimiser.popsize})")
+    if getattr(optimiser, "optimiser", "adam") not in ("adam", "lbfgs"):
+        raise ParamsError(f"{key}.optimiser.optimiser: {optimiser.optimiser!r} is not allowed; "
+                          f"allowed are adam, lbfgs")
     schedule = getattr(optimiser, "schedule", "none")
     if schedule not in ("none", "warmup-cosine", "step"):
         raise ParamsError(f"{key}.optimiser.schedule: {schedule!r} is not allowed; allowed "
@@ -228,3 +234,6 @@ def _summarise(values: dict[str, Any]) -> dict[str, Any]:
     """Drop long per-tensor lists from the logged estimate."""
     return {k: {kk: vv for kk, vv in v.items() if not isinstance(vv, list)}
             for k, v in values.items()}
+
+
+from ggl.attack import baselines as _baselines  # noqa: E402, F401  (registers dlg, idlg, ig, gi)

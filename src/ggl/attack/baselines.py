@@ -1,0 +1,116 @@
+"""The paper's pixel-space baselines: DLG, iDLG, Inverting Gradients (IG) and GradInversion
+(GI, without BatchNorm statistics). Each optimises a dummy image directly, and is one more
+entry of the attack table sharing the distances, the defence estimate, label inference and
+the trials of the GGL attacks.
+
+| method | label | distance | image prior | optimiser |
+|---|---|---|---|---|
+| dlg | learnt soft label | squared l2 | none | L-BFGS |
+| idlg | inferred | squared l2 | none | L-BFGS |
+| ig | inferred | cosine | total variation | Adam, signed gradients, step decay |
+| gi | inferred | squared l2 | total variation + l2 | Adam |
+
+Budgets count objective evaluations (one dummy image's gradient matched once). Every method
+here makes one evaluation per iteration (L-BFGS runs without line search, as DLG), so the
+budget is also the number of iterations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ggl.attack.objective import DISTANCES, trial_gradients
+from ggl.attack.optimisers import Tracker, lr_factor
+from ggl.attack.run import ATTACKS, AttackConfig, Attacker, Trial
+from ggl.defences import estimate_defence, identity
+
+
+@dataclass(frozen=True)
+class PixelObjectiveConfig:
+    distance: str = "l2-sum"  # a key of ggl.attack.objective.DISTANCES
+    tv_weight: float = 0.0  # total variation prior
+    l2_weight: float = 0.0  # l2 image prior
+    adaptive: bool = False  # apply the same defence estimate as GGL
+
+
+@dataclass(frozen=True)
+class PixelOptimiserConfig:
+    optimiser: str = "lbfgs"  # lbfgs | adam
+    lr: float = 1.0
+    signed: bool = False  # Adam on the sign of the gradient (IG)
+    schedule: str = "none"  # none | step (decay at 3/8, 5/8, 7/8 of the budget, as IG)
+    clamp: bool = False  # keep the image in [-1, 1] after every step (IG, GI)
+    history_size: int = 100  # L-BFGS memory
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels, per image: (n,)."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+    return dx + dy
+
+
+LEARNS_LABEL = {"dlg": True, "idlg": False, "ig": False, "gi": False}
+
+
+def pixel_attack(learn_label: bool):
+    def attack(attacker: Attacker, cfg: AttackConfig, seed: int) -> Trial:
+        obj, opt_cfg = cfg.objective, cfg.optimiser
+        gen = torch.Generator().manual_seed(seed)
+        device, (c, h, w) = attacker.device, attacker.image_shape
+        x = torch.randn(1, c, h, w, generator=gen).to(device).requires_grad_(True)
+        classes = attacker.received[attacker.fc_index].shape[0]
+        label_logits = torch.randn(1, classes, generator=gen).to(device).requires_grad_(True)
+        variables = [x, label_logits] if learn_label else [x]
+        transform = (estimate_defence(attacker.received, attacker.steps, attacker.fc_index).apply
+                     if obj.adaptive else identity)
+        distance = DISTANCES[obj.distance]
+        tracker = Tracker()
+
+        def loss_of(image: torch.Tensor) -> torch.Tensor:
+            label = label_logits.softmax(1) if learn_label else attacker.label
+            grads = trial_gradients(attacker.model, image, label, create_graph=True)
+            loss = distance(transform(grads), attacker.received)
+            if obj.tv_weight:
+                loss = loss + obj.tv_weight * total_variation(image)
+            if obj.l2_weight:
+                loss = loss + obj.l2_weight * image.pow(2).flatten(1).mean(1)
+            return loss
+
+        def closure() -> torch.Tensor:
+            optimiser.zero_grad()
+            loss = loss_of(x)
+            tracker.record(x.detach(), loss.detach())
+            loss.sum().backward()
+            if opt_cfg.signed:
+                for v in variables:
+                    v.grad.sign_()
+            return loss.sum()
+
+        if opt_cfg.optimiser == "lbfgs":
+            # One closure call per step, no line search (as DLG): iterations = evaluations.
+            optimiser = torch.optim.LBFGS(variables, lr=opt_cfg.lr, max_iter=1,
+                                          history_size=opt_cfg.history_size)
+        else:
+            optimiser = torch.optim.Adam(variables, lr=opt_cfg.lr)
+        iterations = 0
+        while tracker.evaluations < cfg.budget:
+            for group in optimiser.param_groups:
+                group["lr"] = opt_cfg.lr * lr_factor(opt_cfg.schedule, tracker.evaluations,
+                                                     cfg.budget)
+            optimiser.step(closure)
+            iterations += 1
+            if opt_cfg.clamp:
+                with torch.no_grad():
+                    x.clamp_(-1, 1)
+        image = tracker.best_z.clamp(-1, 1).cpu()
+        return Trial(image, tracker.best_loss, tracker.evaluations, tracker.curve,
+                     extra={"iterations": iterations})
+
+    return attack
+
+
+for _method, _learns in LEARNS_LABEL.items():
+    ATTACKS.register(_method)(pixel_attack(_learns))
