@@ -12,6 +12,8 @@ from ggl.pipeline.registry import Stage, all_stages, check_dvc_yaml, kind
 
 min_version("9.0")
 
+report: "workflow/report/workflow.rst"
+
 # No `configfile:` directive: Snakemake would deep-merge it with --configfile, leaking the
 # default's defences into other experiments. The params file is the one given, or params.yaml.
 PARAMS_FILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles \
@@ -30,7 +32,9 @@ def stage(kind_name, wildcards=None):
 include: "workflow/rules/data.smk"
 include: "workflow/rules/gradients.smk"
 include: "workflow/rules/generator.smk"
+include: "workflow/rules/biggan.smk"
 include: "workflow/rules/attacks.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

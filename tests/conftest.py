@@ -7,9 +7,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Tiny models gain nothing from threads, and oversubscribed OpenMP threads (another job on the
+# same cores) slow torch down many times over.
+torch.set_num_threads(1)
+os.environ.setdefault("GGL_THREADS", "1")
 
 # Tests drive the real `ggl`, `snakemake` and `dvc` commands of this environment.
 os.environ["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
@@ -32,6 +38,15 @@ def tiny_params(**overrides) -> dict:
         "noise": [{"kind": "noise", "sigma": 0.01}],
         "clipping": [{"kind": "clipping", "bound": 0.5, "per_layer": False}],
     }
+    raw["generator"].update(latent_dim=8, width=2)
+    raw["generator"]["train"].update(epochs=1, batch_size=32)
+    budgets = {"ggl-adam": 4, "ggl-cmaes": 8, "ggl-bo": 6, "dlg": 3, "idlg": 3, "ig": 3,
+               "gi": 3}
+    for name, budget in budgets.items():
+        raw["attacks"][name]["budget"] = budget
+    raw["attacks"]["ggl-cmaes"]["optimiser"]["popsize"] = 4
+    raw["attacks"]["ggl-bo"]["optimiser"].update(n_init=4, batch_size=2, n_candidates=50,
+                                                 fit_maxiter=5)
     for dotted, value in overrides.items():
         target = raw
         *parents, last = dotted.split(".")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ggl.config import Params, ParamsError, load_params
+from ggl.report import MissingRunError
 
 Handler = Callable[[argparse.Namespace, Params], None]
 
@@ -56,7 +57,6 @@ def cmd_train_gan(args: argparse.Namespace, params: Params) -> None:
 
 
 def cmd_gan_quality(args: argparse.Namespace, params: Params) -> None:
-    from ggl import io
     from ggl.data import load_part
     from ggl.gan import quality_check
     from ggl.pipeline.registry import data_dir, generator_outs, quality_outs
@@ -65,11 +65,11 @@ def cmd_gan_quality(args: argparse.Namespace, params: Params) -> None:
     log = _logger("gan-quality", params)
     device = resolve_device(params.device)
     generator = build_generator(params, device)
-    quality = quality_check(generator, load_part(data_dir(params), "public"),
-                            load_part(data_dir(params), "private"), params.data.num_classes,
-                            params.seed, device)
-    quality["checkpoint"] = generator_outs(params)[0]
-    io.write_json(quality_outs(params)[0], quality)
+    public, private = load_part(data_dir(params), "public"), load_part(data_dir(params),
+                                                                       "private")
+    quality = quality_check(generator, *public, *private, quality_outs(params)[0], device,
+                            params.seed, num_classes=params.data.num_classes,
+                            extra={"checkpoint": generator_outs(params)[0]})
     log.info("quality: %s", {k: v for k, v in quality.items() if "histogram" not in k})
 
 
@@ -95,22 +95,60 @@ def cmd_attack(args: argparse.Namespace, params: Params) -> None:
     log.info("%s on %s: %d reconstructions", args.attack, args.defence, len(folders))
 
 
+def cmd_metrics(args: argparse.Namespace, params: Params) -> None:
+    from ggl import io
+    from ggl.metrics import CONVENTIONS
+    from ggl.pipeline.registry import data_dir, metrics_outs, results_dir
+    from ggl.report import run_metrics
+    from ggl.runtime import resolve_device
+
+    log = _logger("metrics", params)
+    frame = run_metrics(params, Path(results_dir(params)), Path(data_dir(params)),
+                        resolve_device(params.device))
+    path = Path(metrics_outs(params)[0])
+    io.write_text(path, frame.to_csv(index=False))
+    io.write_json(path.with_name("metrics_conventions.json"), CONVENTIONS)
+    log.info("%d rows -> %s", len(frame), path)
+
+
+def cmd_aggregate(args: argparse.Namespace, params: Params) -> None:
+    from ggl.pipeline.registry import data_dir, results_dir
+    from ggl.report import aggregate
+
+    log = _logger("aggregate", params)
+    paths = aggregate(params, Path(results_dir(params)), Path(data_dir(params)))
+    log.info("wrote %d tables and figures", len(paths))
+
+
 def gan_config(params: Params):
     from ggl.gan import GanTrainConfig
 
     g = params.generator
-    return GanTrainConfig(**g.train, latent_dim=g.latent_dim, width=g.width)
+    return GanTrainConfig.from_dict({**g.train, "latent_dim": g.latent_dim, "width": g.width})
 
 
 def build_generator(params: Params, device):
     from ggl.generators import load_generator
-    from ggl.pipeline.registry import generator_outs
+    from ggl.pipeline.registry import generator_checkpoint
 
     g = params.generator
-    checkpoint = generator_outs(params)[0] if g.kind == "dcgan" else None
-    return load_generator(g.kind, checkpoint, device, image_size=params.data.image_size,
-                          latent_dim=g.latent_dim, width=g.width,
-                          num_classes=params.data.num_classes)
+    return load_generator(g.kind, generator_checkpoint(params), device,
+                          image_size=params.data.image_size, latent_dim=g.latent_dim,
+                          width=g.width, num_classes=params.data.num_classes, seed=params.seed)
+
+
+def cmd_fetch_biggan(args: argparse.Namespace, params: Params) -> None:
+    from ggl.biggan import fetch_biggan, parse_sha256_overrides
+    from ggl.pipeline.registry import BIGGAN_DIR
+
+    path = fetch_biggan(BIGGAN_DIR, sha256=parse_sha256_overrides(args.sha256))
+    print(f"verified: {path}")
+
+
+def cmd_fetch_lpips(args: argparse.Namespace, params: Params) -> None:
+    from ggl.metrics import fetch_vgg16_weights
+
+    print(f"VGG16 weights for LPIPS: {fetch_vgg16_weights()}")
 
 
 def cmd_dvc_yaml(args: argparse.Namespace, params: Params) -> None:
@@ -128,12 +166,18 @@ def cmd_dvc_yaml(args: argparse.Namespace, params: Params) -> None:
 
 
 def _logger(stage: str, params: Params):
+    """The stage's logger; also sets torch's CPU threads: GGL_THREADS (which the Snakemake
+    rules set to the job's threads, so parallel jobs do not oversubscribe the cores) or
+    params' threads."""
+    import os
+
     from ggl.runtime import get_logger
 
-    if params.threads:
+    threads = int(os.environ.get("GGL_THREADS") or params.threads)
+    if threads:
         import torch
 
-        torch.set_num_threads(params.threads)
+        torch.set_num_threads(threads)
     return get_logger(stage, Path("logs") / params.experiment)
 
 
@@ -161,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
             "stage: invert every received gradient of one defence with one attack")
     p.add_argument("--defence", required=True, help="a defence name from params' defences")
     p.add_argument("--attack", required=True, help="an attack name from params' attacks")
+    add("metrics", cmd_metrics,
+        "stage: score every reconstruction against its private image (metrics.csv)")
+    add("aggregate", cmd_aggregate, "stage: the paper's tables and figures from metrics.csv")
+    p = add("fetch-biggan", cmd_fetch_biggan,
+            "stage: download BigGAN-deep-256's weights and config, verified by SHA-256")
+    p.add_argument("--sha256", action="append", default=[], metavar="[FILE=]HASH",
+                   help="the SHA-256 to verify against (the weights' is not recorded yet: see "
+                        "ggl.biggan); repeatable")
+    add("fetch-lpips", cmd_fetch_lpips,
+        "download torchvision's VGG16 weights for LPIPS into the torch cache (hash-checked)")
     p = add("dvc-yaml", cmd_dvc_yaml, "generate dvc.yaml from the stage registry")
     p.add_argument("--output", default="dvc.yaml", help="where to write (default: dvc.yaml)")
     p.add_argument("--check", action="store_true",
@@ -173,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         args.handler(args, params)
-    except (ParamsError, ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ParamsError, MissingRunError, ValueError, RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -173,7 +173,7 @@ class Params:
     defences: dict[str, tuple[DefenceStep, ...]]
     generator: GeneratorConfig
     attacks: dict[str, Any]  # name -> ggl.attack.run.AttackConfig
-    lpips_standin: bool
+    lpips_stand_in: bool
     raw: dict[str, Any]
 
     @classmethod
@@ -192,7 +192,7 @@ class Params:
                       for name, steps in raw["defences"].items()},
             generator=GeneratorConfig(**raw["generator"]),
             attacks={name: _attack_config(name, cfg) for name, cfg in raw["attacks"].items()},
-            lpips_standin=raw["metrics"]["lpips_standin"],
+            lpips_stand_in=raw["metrics"]["lpips_stand_in"],
             raw=raw,
         )
 

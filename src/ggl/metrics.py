@@ -7,7 +7,7 @@ Conventions (stated in every table):
   Identical images give +inf.
 - ``ssim``: structural similarity on [0, 1] images (scikit-image, data_range 1).
 - ``lpips_vgg``: LPIPS v0.1 with the VGG16 backbone (lower is better). Without the ImageNet
-  VGG16 weights the column is ``lpips_vgg_standin`` (random backbone), never ``lpips_vgg``.
+  VGG16 weights the column is ``lpips_vgg_stand_in`` (random backbone), never ``lpips_vgg``.
 - ``mse_r``: MSE between the federated model's penultimate (fc input) features.
 """
 
@@ -81,26 +81,57 @@ def fetch_vgg16_weights() -> Path:
 
 
 class Lpips:
-    """LPIPS v0.1 (VGG). ``standin`` is True when the backbone has random weights."""
+    """LPIPS v0.1 (VGG). ``stand_in`` is True when the backbone has random weights."""
 
-    def __init__(self, allow_standin: bool, device: torch.device | str = "cpu") -> None:
+    def __init__(self, allow_stand_in: bool, device: torch.device | str = "cpu") -> None:
         import lpips
 
-        self.standin = not vgg16_weights_path().exists()
-        if self.standin and not allow_standin:
+        self.stand_in = not vgg16_weights_path().exists()
+        if self.stand_in and not allow_stand_in:
             raise RuntimeError(
                 f"LPIPS needs torchvision's ImageNet VGG16 weights at {vgg16_weights_path()}; "
                 f"they are missing and this experiment does not allow the random-backbone "
-                f"stand-in (metrics.lpips_standin: false). Run `ggl fetch-lpips` on a machine "
+                f"stand-in (metrics.lpips_stand_in: false). Run `ggl fetch-lpips` on a machine "
                 f"with internet access, or download {VGG16_URL} to that path.")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torchvision's 'pretrained' deprecation
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # the stand-in's random backbone is the same every run
-                self.net = lpips.LPIPS(net="vgg", pnet_rand=self.standin, verbose=False)
+                self.net = lpips.LPIPS(net="vgg", pnet_rand=self.stand_in, verbose=False)
         self.net = self.net.to(device).eval()
-        self.column = "lpips_vgg_standin" if self.standin else "lpips_vgg"
+        self.column = "lpips_vgg_stand_in" if self.stand_in else "lpips_vgg"
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> list[float]:
         with torch.no_grad():
             return [float(v) for v in self.net(a, b, normalize=False).flatten()]
+
+
+# --- the metrics stage -------------------------------------------------------------------
+
+CONVENTIONS = {
+    "images": "compared in [-1, 1] (mean = std = 0.5 normalisation), at native resolution",
+    "mse_i": "mean squared error over C x H x W on [-1, 1] images",
+    "psnr_db_pm1": "the paper's PSNR: 10 log10(1 / MSE) on [-1, 1] images (peak 1); "
+                   "6.02 dB below psnr_db_01; inf for identical images",
+    "psnr_db_01": "the usual PSNR: images mapped to [0, 1], peak 1",
+    "ssim": "scikit-image structural_similarity on [0, 1] images, data_range 1",
+    "lpips": "LPIPS v0.1, VGG16 backbone (lpips package); lower is better; "
+             "lpips_vgg_stand_in = random VGG16 weights (no ImageNet weights here), "
+             "not comparable with published LPIPS",
+    "mse_r": "MSE between the federated model's penultimate (fc input) features",
+    "evaluations": "objective evaluations spent, all trials together (one candidate scored)",
+    "seconds": "wall seconds of the attack on this image, all trials together",
+}
+
+
+def evaluate(reconstructions: torch.Tensor, truths: torch.Tensor, model: nn.Module,
+             lpips_metric: Lpips) -> dict[str, list[float]]:
+    """Every image metric for aligned (n, 3, H, W) batches in [-1, 1]."""
+    return {
+        "mse_i": [float(v) for v in mse_image(reconstructions, truths)],
+        "psnr_db_pm1": psnr_pm1(reconstructions, truths),
+        "psnr_db_01": psnr_01(reconstructions, truths),
+        "ssim": ssim(reconstructions, truths),
+        lpips_metric.column: lpips_metric(reconstructions, truths),
+        "mse_r": mse_representation(model, reconstructions, truths),
+    }

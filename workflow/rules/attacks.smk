@@ -16,4 +16,4 @@ rule attack:
         runtime=600,
         mem_mb=8000,
     shell:
-        "{params.cmd}"
+        "GGL_THREADS={threads} {params.cmd}"

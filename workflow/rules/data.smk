@@ -11,4 +11,4 @@ rule split:
         runtime=30,
         mem_mb=4000,
     shell:
-        "{params.cmd}"
+        "GGL_THREADS={threads} {params.cmd}"

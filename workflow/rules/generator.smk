@@ -7,13 +7,13 @@ rule train_gan:
     params:
         values=stage("train-gan").param_values(P),
         cmd=stage("train-gan").command(PARAMS_FILE),
-    threads: workflow.cores
+    threads: 8  # Snakemake lowers this to --cores when fewer are given
     resources:
         gpu=1,
         runtime=240,
         mem_mb=8000,
     shell:
-        "{params.cmd}"
+        "GGL_THREADS={threads} {params.cmd}"
 
 
 rule gan_quality:
@@ -28,4 +28,4 @@ rule gan_quality:
         runtime=30,
         mem_mb=4000,
     shell:
-        "{params.cmd}"
+        "GGL_THREADS={threads} {params.cmd}"

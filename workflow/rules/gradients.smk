@@ -13,4 +13,4 @@ rule gradients:
         runtime=30,
         mem_mb=4000,
     shell:
-        "{params.cmd}"
+        "GGL_THREADS={threads} {params.cmd}"

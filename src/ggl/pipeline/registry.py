@@ -43,6 +43,25 @@ def generator_outs(params: Params) -> list[str]:
                                             "losses.png")]
 
 
+BIGGAN_DIR = "data/biggan"  # shared by experiments: the published weights never change
+
+
+def biggan_outs(params: Params) -> list[str]:
+    from ggl.biggan import CONFIG_FILE, WEIGHTS_FILE
+
+    return [f"{BIGGAN_DIR}/{WEIGHTS_FILE}", f"{BIGGAN_DIR}/{CONFIG_FILE}"]
+
+
+def generator_checkpoint(params: Params) -> str | None:
+    """The file the attack stage loads the generator from (None for a plugin generator)."""
+    kind = params.generator.kind
+    if kind == "dcgan":
+        return generator_outs(params)[0]
+    if kind == "biggan-deep-256":
+        return biggan_outs(params)[0]
+    return None
+
+
 def quality_outs(params: Params) -> list[str]:
     return [f"{results_dir(params)}/generator/quality.json"]
 
@@ -57,7 +76,47 @@ def attack_outs(params: Params, defence: str, attack: str) -> list[str]:
 def attack_deps(params: Params, defence: str, attack: str) -> list[str]:
     """The received gradients (.pt only: never the client's truth) and the generator."""
     received = gradient_outs(params, defence)[::2]
-    return [*received, generator_outs(params)[0]]
+    checkpoint = generator_checkpoint(params)
+    return [*received, *([checkpoint] if checkpoint else [])]
+
+
+def metrics_outs(params: Params) -> list[str]:
+    return [f"{results_dir(params)}/metrics.csv"]
+
+
+def metrics_deps(params: Params) -> list[str]:
+    """Every reconstruction, the clients' truths and the private split."""
+    from ggl.attack.run import ATTACK_FILES
+
+    wanted = {"reconstruction.pt", "result.json"}
+    recon = [out for d in params.defences for a in params.attacks
+             for out in attack_outs(params, d, a) if out.rsplit("/", 1)[1] in wanted]
+    truths = [out for d in params.defences for out in gradient_outs(params, d)[1::2]]
+    assert wanted <= set(ATTACK_FILES)
+    return [*recon, *truths, split_outs(params)[1]]
+
+
+def has_table2(params: Params) -> bool:
+    from ggl.report import GGL_ATTACKS
+
+    return "none" in params.defences and bool(set(GGL_ATTACKS) & set(params.attacks))
+
+
+def aggregate_outs(params: Params) -> list[str]:
+    base = results_dir(params)
+    tables = ["summary.csv", "table3.csv", "table3.md"]
+    tables += ["table2.csv", "table2.md"] if has_table2(params) else []
+    figures = [f"reconstructions_{i}.png" for i in params.image_ids()]
+    figures += ["psnr_db_pm1.png", "lpips.png", "ssim.png"]
+    figures += ["convergence.png"] if has_table2(params) else []
+    return [*(f"{base}/tables/{t}" for t in tables), *(f"{base}/figures/{f}" for f in figures),
+            f"{base}/summary.json"]
+
+
+def aggregate_deps(params: Params) -> list[str]:
+    curves = [out for a in params.attacks for out in attack_outs(params, "none", a)
+              if out.endswith("curve.csv")] if "none" in params.defences else []
+    return [*metrics_outs(params), *metrics_deps(params), *curves]
 
 
 def lookup(raw: dict[str, Any], dotted: str) -> Any:
@@ -145,6 +204,17 @@ STAGE_KINDS: list[StageKind] = [
         summary="WGAN-GP training of the generator on the public split",
     ),
     StageKind(
+        name="fetch-biggan",
+        wildcards=(),
+        instances=lambda params: [{}] if params.generator.kind == "biggan-deep-256" else [],
+        argv=lambda: [],
+        deps=lambda params: [],
+        outs=biggan_outs,
+        param_keys=lambda: ["generator.kind"],
+        code=("biggan.py",),
+        summary="download BigGAN-deep-256 and verify its SHA-256",
+    ),
+    StageKind(
         name="gan-quality",
         wildcards=(),
         instances=lambda params: [{}] if params.generator.kind == "dcgan" else [],
@@ -169,6 +239,29 @@ STAGE_KINDS: list[StageKind] = [
               "generators.py"),
         summary="invert every received gradient of one defence with one attack",
     ),
+    StageKind(
+        name="metrics",
+        wildcards=(),
+        instances=lambda params: [{}],
+        argv=lambda: [],
+        deps=metrics_deps,
+        outs=metrics_outs,
+        param_keys=lambda: ["experiment", "model", "metrics", "private_images"],
+        code=("metrics.py", "report.py"),
+        summary="join each reconstruction with its private image: MSE-I, PSNR, SSIM, LPIPS, "
+                "MSE-R",
+    ),
+    StageKind(
+        name="aggregate",
+        wildcards=(),
+        instances=lambda params: [{}],
+        argv=lambda: [],
+        deps=aggregate_deps,
+        outs=aggregate_outs,
+        param_keys=lambda: ["experiment", "defences", "attacks", "private_images"],
+        code=("report.py",),
+        summary="the paper's tables and figures from metrics.csv",
+    ),
 ]
 
 
@@ -192,7 +285,13 @@ def dvc_yaml(params: Params, params_file: str) -> dict[str, Any]:
         if stage.deps(params):
             entry["deps"] = stage.deps(params)
         entry["params"] = keys if params_file == "params.yaml" else [{params_file: keys}]
-        entry["outs"] = stage.outs(params)
+        # `dvc metrics show` reads summary.json; `dvc plots` shows the figures.
+        metrics = [o for o in stage.outs(params) if o.endswith("/summary.json")]
+        plots = [o for o in stage.outs(params) if "/figures/" in o]
+        entry["outs"] = [o for o in stage.outs(params) if o not in metrics + plots]
+        for section, paths in (("metrics", metrics), ("plots", plots)):
+            if paths:
+                entry[section] = [{path: {"cache": False}} for path in paths]
         stages[stage.name] = entry
     return {"stages": stages}
 

@@ -1,0 +1,69 @@
+"""Metrics on known pairs, and the aggregator's refusal of missing runs."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_params
+from skimage.metrics import peak_signal_noise_ratio
+
+from ggl.config import ModelConfig, Params
+from ggl.metrics import Lpips, evaluate, psnr_01, psnr_pm1, ssim
+from ggl.models import build_model
+from ggl.report import MissingRunError, check_complete, run_metrics
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+
+
+@pytest.fixture(scope="module")
+def lpips_metric():
+    return Lpips(allow_stand_in=True)
+
+
+def test_identical_images_score_perfectly(images, lpips_metric):
+    model = build_model(ModelConfig("resnet18-cifar", 4, 0, 10))
+    values = evaluate(images, images, model, lpips_metric)
+    assert values["mse_i"] == [0, 0, 0] and values["mse_r"] == [0, 0, 0]
+    assert all(math.isinf(v) and v > 0 for v in values["psnr_db_pm1"] + values["psnr_db_01"])
+    assert values["ssim"] == pytest.approx([1, 1, 1])
+    assert values[lpips_metric.column] == pytest.approx([0, 0, 0], abs=1e-6)
+
+
+def test_constant_offset_gives_the_analytic_psnr_in_both_conventions(images):
+    offset = 0.1  # in [-1, 1] units: MSE = 0.01 there, 0.0025 on [0, 1]
+    shifted = images + offset
+    assert psnr_pm1(shifted, images) == pytest.approx([20.0] * 3, abs=1e-4)
+    assert psnr_01(shifted, images) == pytest.approx([20 + 20 * math.log10(2)] * 3, abs=1e-4)
+
+
+def test_psnr_agrees_with_scikit_image(images):
+    noisy = (images + 0.05 * torch.randn(images.shape, generator=torch.Generator()
+                                          .manual_seed(1))).clamp(-1, 1)
+    expected = [peak_signal_noise_ratio(((a + 1) / 2).numpy(), ((b + 1) / 2).numpy(),
+                                        data_range=1.0) for a, b in zip(images, noisy,
+                                                                        strict=True)]
+    assert psnr_01(noisy, images) == pytest.approx(expected, rel=1e-5)
+    assert ssim(noisy, images)[0] < 1
+
+
+def test_stand_in_lpips_is_labelled_and_refused_where_params_forbid_it(lpips_metric):
+    if not lpips_metric.stand_in:
+        pytest.skip("real VGG16 weights are present on this machine")
+    assert lpips_metric.column == "lpips_vgg_stand_in"
+    with pytest.raises(RuntimeError, match="ggl fetch-lpips"):
+        Lpips(allow_stand_in=False)
+
+
+def test_missing_runs_are_named(tmp_path):
+    params = Params.from_raw(tiny_params())
+    with pytest.raises(MissingRunError, match="none/ggl-adam/img0"):
+        run_metrics(params, tmp_path, tmp_path, torch.device("cpu"))
+    partial = pd.DataFrame([{"defence": "none", "attack": "ggl-adam", "image_id": "img0"}])
+    with pytest.raises(MissingRunError, match="none/ggl-adam/img1"):
+        check_complete(partial, params)
