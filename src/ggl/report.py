@@ -97,7 +97,8 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _cell(mean: float, std: float) -> str:
-    return f"{mean:.3f} ± {std:.3f}" if pd.notna(std) else f"{mean:.3f}"
+    # Four significant digits: MSE-R is often ~1e-4, which a fixed .3f would print as 0.000.
+    return f"{mean:.4g} ± {std:.3g}" if pd.notna(std) else f"{mean:.4g}"
 
 
 def table_markdown(summary: pd.DataFrame, rows: str, columns: str, metric: str) -> str:

@@ -3,7 +3,8 @@ rule train_gan:
     input:
         stage("train-gan").deps(P),
     output:
-        stage("train-gan").outs(P),
+        [report(p, caption="../report/generator_samples.rst", category="Generator")
+         if p.endswith(("samples.png", "losses.png")) else p for p in stage("train-gan").outs(P)],
     params:
         values=stage("train-gan").param_values(P),
         cmd=stage("train-gan").command(PARAMS_FILE),
@@ -20,7 +21,8 @@ rule gan_quality:
     input:
         stage("gan-quality").deps(P),
     output:
-        stage("gan-quality").outs(P),
+        [report(p, caption="../report/generator_quality.rst", category="Generator")
+         for p in stage("gan-quality").outs(P)],
     params:
         values=stage("gan-quality").param_values(P),
         cmd=stage("gan-quality").command(PARAMS_FILE),
