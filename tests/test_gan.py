@@ -19,7 +19,7 @@ from ggl.gan import CPU_RECIPE, PAPER_RECIPE, RESUME_FILE, GanTrainConfig, quali
 from ggl.generators import load_generator
 
 TINY = replace(CPU_RECIPE, epochs=3, batch_size=16, latent_dim=8, width=2, bn_recalibration=2,
-               ema=0.9, gp_every=2)
+               ema=0.9, gp_every=2, lr_decay=True)  # every option on: resume must restore all
 CPU = torch.device("cpu")
 
 

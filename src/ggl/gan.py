@@ -89,7 +89,7 @@ PAPER_RECIPE = GanTrainConfig(
 # statistics. Filled in from the measurements below.
 CPU_RECIPE = GanTrainConfig(
     epochs=60, batch_size=64, lr=5e-4, generator_lr=5e-4, betas=(0.0, 0.9), critic_steps=1,
-    gp_weight=10.0, gp_every=1, drift_weight=1e-3, ema=0.99, lr_decay=True, bn_recalibration=8,
+    gp_weight=10.0, gp_every=1, drift_weight=1e-3, ema=0.99, lr_decay=False, bn_recalibration=8,
     latent_dim=128, width=16, seed=0)
 
 
