@@ -67,3 +67,24 @@ def test_missing_runs_are_named(tmp_path):
     partial = pd.DataFrame([{"defence": "none", "attack": "ggl-adam", "image_id": "img0"}])
     with pytest.raises(MissingRunError, match="none/ggl-adam/img1"):
         check_complete(partial, params)
+
+
+def test_a_defence_strength_sweep_gets_its_plot(tmp_path):
+    from ggl.pipeline.registry import aggregate_outs
+    from ggl.report import defence_sweeps, sweep_plot
+
+    raw = tiny_params()
+    raw["defences"] = {"none": [], **{f"soteria-{r}": [{"kind": "soteria", "rate": float(r)}]
+                                      for r in (20, 50, 80)},
+                       "noise": [{"kind": "noise", "sigma": 0.01}]}
+    params = Params.from_raw(raw)
+    sweeps = defence_sweeps(params)
+    assert sweeps == {"soteria": {"soteria-20": 20.0, "soteria-50": 50.0, "soteria-80": 80.0,
+                                  "none": 0.0}}  # one noise level is no sweep
+    assert any(out.endswith("figures/sweep_soteria.png") for out in aggregate_outs(params))
+    frame = pd.DataFrame([{"defence": d, "attack": a, "image_id": i, "psnr_db_pm1": s / 10,
+                           "lpips_vgg": 1 - s / 100}
+                          for d, s in sweeps["soteria"].items() for a in ("dlg", "ggl-adam")
+                          for i in ("img0", "img1")])
+    path = sweep_plot(frame, "soteria", sweeps["soteria"], "lpips_vgg", tmp_path / "s.png")
+    assert path.stat().st_size > 0

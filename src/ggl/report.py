@@ -156,6 +156,45 @@ def summary_metrics(summary: pd.DataFrame, lpips: str) -> dict[str, Any]:
     return out
 
 
+# --- defence-strength sweeps ----------------------------------------------------------------
+
+STRENGTH = {"noise": "sigma", "clipping": "bound", "sparsification": "rate", "soteria": "rate"}
+ZERO_IS_NONE = ("noise", "sparsification", "soteria")  # strength 0 = no defence
+
+
+def defence_sweeps(params: Params) -> dict[str, dict[str, float]]:
+    """{kind: {defence name: strength}} for every defence kind params try at 3 or more
+    strengths (one-step defences of that kind, e.g. Soteria at 0-80 %, the paper's Fig. 7);
+    ``none`` joins a sweep as strength 0 where 0 means no defence."""
+    sweeps: dict[str, dict[str, float]] = {}
+    for name, steps in params.defences.items():
+        if len(steps) == 1 and steps[0].kind in STRENGTH:
+            sweeps.setdefault(steps[0].kind, {})[name] = float(
+                steps[0].settings[STRENGTH[steps[0].kind]])
+    if "none" in params.defences:
+        for kind in ZERO_IS_NONE:
+            if kind in sweeps:
+                sweeps[kind]["none"] = 0.0
+    return {k: v for k, v in sweeps.items() if len(set(v.values())) >= 3}
+
+
+def sweep_plot(frame: pd.DataFrame, kind: str, strengths: dict[str, float], lpips: str,
+               path: Path) -> Path:
+    """Attack quality against the defence's strength, one line per attack."""
+    import seaborn as sns
+
+    plt = _plt()
+    rows = frame[frame["defence"].isin(strengths)].assign(
+        strength=lambda f: f["defence"].map(strengths))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric in zip(axes, ("psnr_db_pm1", lpips), strict=True):
+        sns.lineplot(rows, x="strength", y=metric, hue="attack", marker="o", errorbar="sd", ax=ax)
+        ax.set_xlabel(f"{kind} {STRENGTH[kind]}")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"attack quality against {kind} strength (mean ± sd over images)", fontsize=9)
+    return io.save_figure(path, fig)
+
+
 # --- figures -----------------------------------------------------------------------------
 
 def _plt():
@@ -245,6 +284,9 @@ def aggregate(params: Params, results_dir: Path, data_dir: Path) -> dict[str, Pa
     for name, metric in (("psnr_db_pm1", "psnr_db_pm1"), ("lpips", lpips_column(frame)),
                          ("ssim", "ssim")):
         paths[f"plot_{name}"] = metric_plot(frame, metric, figures / f"{name}.png")
+    for kind, strengths in defence_sweeps(params).items():
+        paths[f"sweep_{kind}"] = sweep_plot(frame, kind, strengths, lpips_column(frame),
+                                            figures / f"sweep_{kind}.png")
     if "none" in params.defences and set(GGL_ATTACKS) & set(params.attacks):
         paths["convergence"] = convergence_plot(params, results_dir, "none",
                                                 figures / "convergence.png")

@@ -20,6 +20,8 @@ def reported(path):
     name = os.path.basename(path)
     if name.startswith("reconstructions_"):
         return report(path, caption="../report/reconstructions.rst", category="Reconstructions")
+    if name.startswith("sweep_"):
+        return report(path, caption="../report/sweep.rst", category="Defence strength")
     if name == "convergence.png":
         return report(path, caption="../report/convergence.rst", category="Convergence")
     if name.endswith(".png"):

@@ -109,6 +109,9 @@ def aggregate_outs(params: Params) -> list[str]:
     figures = [f"reconstructions_{i}.png" for i in params.image_ids()]
     figures += ["psnr_db_pm1.png", "lpips.png", "ssim.png"]
     figures += ["convergence.png"] if has_table2(params) else []
+    from ggl.report import defence_sweeps
+
+    figures += [f"sweep_{kind}.png" for kind in defence_sweeps(params)]
     return [*(f"{base}/tables/{t}" for t in tables), *(f"{base}/figures/{f}" for f in figures),
             f"{base}/summary.json"]
 
