@@ -288,9 +288,11 @@ def dvc_yaml(params: Params, params_file: str) -> dict[str, Any]:
         if stage.deps(params):
             entry["deps"] = stage.deps(params)
         entry["params"] = keys if params_file == "params.yaml" else [{params_file: keys}]
-        # `dvc metrics show` reads summary.json; `dvc plots` shows the figures.
+        # `dvc metrics show` reads summary.json; `dvc plots` shows the figures and the CSV
+        # tables (DVC renders no Markdown: the .md tables stay plain outputs).
         metrics = [o for o in stage.outs(params) if o.endswith("/summary.json")]
-        plots = [o for o in stage.outs(params) if "/figures/" in o]
+        plots = [o for o in stage.outs(params)
+                 if "/figures/" in o or ("/tables/" in o and o.endswith(".csv"))]
         entry["outs"] = [o for o in stage.outs(params) if o not in metrics + plots]
         for section, paths in (("metrics", metrics), ("plots", plots)):
             if paths:
