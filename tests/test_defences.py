@@ -164,13 +164,17 @@ def test_same_seed_same_gradient(small):
 def test_label_inference_is_right_on_random_images(arch, width, classes, size):
     """>= 99 % of 200 seeded random images; the ImageNet model at 64x64 to keep CI fast
     (the head, and so the argument, does not depend on resolution)."""
-    torch.set_num_threads(2)
     model = build_model(ModelConfig(arch, width=width, seed=0, num_classes=classes))
     fc = fc_weight_index(model)
     gen = torch.Generator().manual_seed(0)
     right = 0
-    for _ in range(200):
-        image = torch.rand(1, 3, size, size, generator=gen) * 2 - 1
-        label = torch.randint(classes, (1,), generator=gen)
-        right += infer_label(client_gradient(model, image, label), fc) == int(label)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the ImageNet model is big enough to use both cores
+    try:
+        for _ in range(200):
+            image = torch.rand(1, 3, size, size, generator=gen) * 2 - 1
+            label = torch.randint(classes, (1,), generator=gen)
+            right += infer_label(client_gradient(model, image, label), fc) == int(label)
+    finally:
+        torch.set_num_threads(threads)  # conftest's one thread holds for the other tests
     assert right >= 198

@@ -23,16 +23,6 @@ TINY = replace(CPU_RECIPE, epochs=3, batch_size=16, latent_dim=8, width=2, bn_re
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP threads waiting
-    for each other make every op orders of magnitude slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
     return torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1

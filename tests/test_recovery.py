@@ -56,8 +56,6 @@ class SmallCNN(nn.Module):
 
 @pytest.fixture(scope="module")
 def setting():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = SmallCNN().eval()
     torch.manual_seed(1)
@@ -65,8 +63,7 @@ def setting():
     samples = prior(torch.randn(256, LATENT, generator=torch.Generator().manual_seed(99)))
     truths = [prior(torch.randn(1, LATENT, generator=torch.Generator().manual_seed(1000 + i)))
               for i in range(IMAGES)]
-    yield model, prior, samples, truths
-    torch.set_num_threads(threads)
+    return model, prior, samples, truths
 
 
 def attack(setting, truth, steps, method="adam", adaptive=True) -> float:
