@@ -24,7 +24,7 @@ import torch
 from ggl.attack.objective import DISTANCES, trial_gradients
 from ggl.attack.optimisers import Tracker, lr_factor
 from ggl.attack.run import ATTACKS, AttackConfig, Attacker, Trial
-from ggl.defences import estimate_defence, identity
+from ggl.defences import identity
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,7 @@ def pixel_attack(learn_label: bool):
         classes = attacker.received[attacker.fc_index].shape[0]
         label_logits = torch.randn(1, classes, generator=gen).to(device).requires_grad_(True)
         variables = [x, label_logits] if learn_label else [x]
-        transform = (estimate_defence(attacker.received, attacker.steps, attacker.fc_index).apply
-                     if obj.adaptive else identity)
+        transform = attacker.estimate.apply if obj.adaptive else identity
         distance = DISTANCES[obj.distance]
         tracker = Tracker()
 

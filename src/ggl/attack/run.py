@@ -15,6 +15,7 @@ import io as textio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from ggl.attack.labels import infer_label
 from ggl.attack.objective import Objective, ObjectiveConfig
 from ggl.client import load_received, steps_from_record
 from ggl.config import DefenceStep, ModelConfig
-from ggl.defences import Gradient, estimate_defence
+from ggl.defences import Estimate, Gradient, estimate_defence
 from ggl.models import build_model
 from ggl.registry import Registry
 from ggl.runtime import derive_seed
@@ -45,6 +46,11 @@ class Attacker:
     image_shape: tuple[int, int, int]
     generator: Any | None  # ggl.generators.Generator, or None for pixel-space baselines
     device: torch.device
+
+    @cached_property
+    def estimate(self) -> Estimate:
+        """T-hat from the received gradient, once for all trials and the result record."""
+        return estimate_defence(self.received, self.steps, self.fc_index)
 
 
 @dataclass(frozen=True)
@@ -119,9 +125,8 @@ def ggl_objective(attacker: Attacker, cfg: AttackConfig) -> Objective:
     def generate(z: torch.Tensor) -> torch.Tensor:
         return generator(z, labels.expand(len(z)))
 
-    estimate = estimate_defence(attacker.received, attacker.steps, attacker.fc_index)
-    return Objective(attacker.model, generate, attacker.received, attacker.label, estimate,
-                     cfg.objective)
+    return Objective(attacker.model, generate, attacker.received, attacker.label,
+                     attacker.estimate, cfg.objective)
 
 
 def ggl_attack(optimiser: str) -> AttackFn:
@@ -212,7 +217,6 @@ def run_attack(gradient_files: dict[str, Path], defence: str, attack: str, cfg: 
         start = time.perf_counter()
         best, trials = best_of_trials(attacker, cfg, seed)
         seconds = time.perf_counter() - start
-        estimate = estimate_defence(attacker.received, attacker.steps, attacker.fc_index)
         meta = {
             "image_id": image_id, "defence": defence, "attack": attack, "method": cfg.method,
             "inferred_label": attacker.label, "loss": best.loss,
@@ -221,7 +225,7 @@ def run_attack(gradient_files: dict[str, Path], defence: str, attack: str, cfg: 
             "seconds": seconds, "trials": len(trials),
             "best_trial": next(i for i, t in enumerate(trials) if t is best),
             "trial_losses": [t.loss for t in trials],
-            "seed": seed, "defence_estimate": _summarise(estimate.values),
+            "seed": seed, "defence_estimate": _summarise(attacker.estimate.values),
             "generator": generator_info, "device": str(device), **best.extra,
         }
         folder = attack_dir(results_dir, defence, attack, image_id)

@@ -239,7 +239,7 @@ STAGE_KINDS: list[StageKind] = [
         param_keys=lambda defence, attack: ["experiment", "seed", "generator",
                                             f"attacks.{attack}"],
         code=("attack/run.py", "attack/objective.py", "attack/optimisers.py",
-              "generators.py"),
+              "attack/baselines.py", "attack/labels.py", "defences.py", "generators.py"),
         summary="invert every received gradient of one defence with one attack",
     ),
     StageKind(
