@@ -92,6 +92,41 @@ def test_resume_file_of_other_settings_or_images_is_not_used(images, tmp_path):
     assert epochs == [1, 2, 3]
 
 
+def test_conditional_gan_resumes_and_its_samples_follow_the_label(images, tmp_path):
+    cfg = replace(TINY, num_classes=3)
+    labels = torch.arange(64) % 3
+    with pytest.raises(ValueError, match="public label"):
+        train_gan(images, cfg, tmp_path / "x", CPU)
+    straight = train_gan(images, cfg, tmp_path / "straight", CPU, public_labels=labels)
+    with pytest.raises(Killed):
+        train_gan(images, cfg, tmp_path / "killed", CPU, on_epoch_end=_kill_after(2),
+                  public_labels=labels)
+    epochs: list[int] = []
+    resumed = train_gan(images, cfg, tmp_path / "killed", CPU, on_epoch_end=epochs.append,
+                        public_labels=labels)
+    assert epochs == [3]
+    a, b = (torch.load(path, weights_only=True)["generator"] for path in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    g = load_generator("dcgan", resumed, CPU, image_size=32, latent_dim=8, width=2,
+                       conditional=True, num_classes=3)
+    assert g.conditional and g.num_classes == 3 and g.stand_in is None
+    z = torch.randn(1, 8).expand(3, 8)
+    x = g(z, torch.arange(3))
+    assert not torch.equal(x[0], x[1]) and not torch.equal(x[1], x[2])  # same z, other class
+    with pytest.raises(ValueError, match="pass labels"):
+        g(z)
+    with pytest.raises(ValueError, match="0 = unconditional"):  # params disagree with the file
+        load_generator("dcgan", resumed, CPU, image_size=32, latent_dim=8, width=2)
+    # A different labelling of the same images is other training data: no resume.
+    with pytest.raises(Killed):
+        train_gan(images, cfg, tmp_path / "relabel", CPU, on_epoch_end=_kill_after(1),
+                  public_labels=labels)
+    epochs.clear()
+    train_gan(images, cfg, tmp_path / "relabel", CPU, on_epoch_end=epochs.append,
+              public_labels=labels.flip(0))
+    assert epochs == [1, 2, 3]
+
+
 def test_quality_check_reports_readable_numbers(images, tmp_path):
     g = load_generator("dcgan", None, CPU, image_size=32, latent_dim=8, width=2)
     labels = torch.arange(64) % 3

@@ -75,7 +75,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     path = io.save_torch(tmp_path / "generator.pt", dcgan_checkpoint(net, 32, note="test"))
     raw = torch.load(path, weights_only=True)
     assert raw["config"] == {"arch": "dcgan", "latent_dim": 16, "width": 4, "image_size": 32,
-                             "note": "test"}
+                             "num_classes": 0, "note": "test"}
     g = load_generator("dcgan", path, "cpu", image_size=32, latent_dim=16, width=4)
     assert g.stand_in is None and g.info()["stand_in"] is None
     z = torch.randn(4, 16)

@@ -50,9 +50,9 @@ def cmd_train_gan(args: argparse.Namespace, params: Params) -> None:
     from ggl.runtime import resolve_device
 
     log = _logger("train-gan", params)
-    images, _ = load_part(data_dir(params), "public")
+    images, labels = load_part(data_dir(params), "public")
     path = train_gan(images, gan_config(params), Path(generator_outs(params)[0]).parent,
-                     resolve_device(params.device), log)
+                     resolve_device(params.device), log, public_labels=labels)
     log.info("generator written to %s", path)
 
 
@@ -124,7 +124,9 @@ def gan_config(params: Params):
     from ggl.gan import GanTrainConfig
 
     g = params.generator
-    return GanTrainConfig.from_dict({**g.train, "latent_dim": g.latent_dim, "width": g.width})
+    return GanTrainConfig.from_dict({**g.train, "latent_dim": g.latent_dim, "width": g.width,
+                                     "num_classes": params.data.num_classes if g.conditional
+                                     else 0})
 
 
 def build_generator(params: Params, device):
@@ -134,7 +136,8 @@ def build_generator(params: Params, device):
     g = params.generator
     return load_generator(g.kind, generator_checkpoint(params), device,
                           image_size=params.data.image_size, latent_dim=g.latent_dim,
-                          width=g.width, num_classes=params.data.num_classes, seed=params.seed)
+                          width=g.width, conditional=g.conditional,
+                          num_classes=params.data.num_classes, seed=params.seed)
 
 
 def cmd_fetch_biggan(args: argparse.Namespace, params: Params) -> None:

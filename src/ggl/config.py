@@ -126,6 +126,7 @@ class GeneratorConfig:
     kind: str
     latent_dim: int
     width: int
+    conditional: bool
     train: dict[str, Any]
 
 

@@ -56,6 +56,8 @@ class GanTrainConfig:
     bn_recalibration: int        # batches of 256 latents to re-estimate BN statistics; 0 = off
     latent_dim: int
     width: int                   # generator 8w/4w/2w channels, critic 2w/4w/8w; paper 64
+    num_classes: int             # > 0: class-conditional networks trained on the public labels
+                                 # (params generator.conditional); paper: 0
     seed: int
 
     def __post_init__(self) -> None:
@@ -65,6 +67,8 @@ class GanTrainConfig:
         for name in ("epochs", "batch_size", "critic_steps", "gp_every", "latent_dim", "width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.num_classes < 0:
+            raise ValueError("num_classes must be >= 0 (0 = unconditional)")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GanTrainConfig:
@@ -81,7 +85,7 @@ class GanTrainConfig:
 PAPER_RECIPE = GanTrainConfig(
     epochs=100, batch_size=64, lr=1e-4, generator_lr=1e-4, betas=(0.5, 0.999), critic_steps=5,
     gp_weight=10.0, gp_every=1, drift_weight=0.0, ema=0.0, lr_decay=False, bn_recalibration=0,
-    latent_dim=128, width=64, seed=0)
+    latent_dim=128, width=64, num_classes=0, seed=0)
 
 # Engineered for 2 CPU cores (measurements in the report): same architecture family and loss
 # (WGAN-GP), narrower, one critic step per generator step, Adam betas (0, 0.9) of the WGAN-GP
@@ -90,21 +94,23 @@ PAPER_RECIPE = GanTrainConfig(
 CPU_RECIPE = GanTrainConfig(
     epochs=60, batch_size=64, lr=5e-4, generator_lr=5e-4, betas=(0.0, 0.9), critic_steps=1,
     gp_weight=10.0, gp_every=1, drift_weight=1e-3, ema=0.99, lr_decay=False, bn_recalibration=8,
-    latent_dim=128, width=16, seed=0)
+    latent_dim=128, width=16, num_classes=0, seed=0)
 
 
-def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                     alpha: torch.Tensor) -> torch.Tensor:
+def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
+                     fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """E[(||grad_x D(x)|| - 1)^2] on random interpolates of real and fake (Gulrajani et al.)."""
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
 
 
-def data_fingerprint(images: torch.Tensor) -> str:
-    """A resume must continue on the same public images."""
+def data_fingerprint(images: torch.Tensor, labels: torch.Tensor | None = None) -> str:
+    """A resume must continue on the same public images (and labels, when conditional)."""
     digest = hashlib.sha256(str(tuple(images.shape)).encode())
     digest.update(images.detach().cpu().contiguous().float().numpy().tobytes())
+    if labels is not None:
+        digest.update(labels.detach().cpu().contiguous().long().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -114,8 +120,8 @@ class _State:
     def __init__(self, cfg: GanTrainConfig, device: torch.device) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.g = DCGANGenerator(cfg.latent_dim, cfg.width).to(device)
-            self.c = DCGANCritic(cfg.width).to(device)
+            self.g = DCGANGenerator(cfg.latent_dim, cfg.width, cfg.num_classes).to(device)
+            self.c = DCGANCritic(cfg.width, num_classes=cfg.num_classes).to(device)
         self.ema = copy.deepcopy(self.g).requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.generator_lr, betas=cfg.betas)
         self.opt_c = torch.optim.Adam(self.c.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -151,8 +157,8 @@ def _update_ema(s: _State, decay: float) -> None:
             e.copy_(b)
 
 
-def _epoch(s: _State, images: torch.Tensor, cfg: GanTrainConfig, device: torch.device,
-           bar: tqdm) -> None:
+def _epoch(s: _State, images: torch.Tensor, labels: torch.Tensor | None, cfg: GanTrainConfig,
+           device: torch.device, bar: tqdm) -> None:
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "gan-epoch", s.epoch))
     order = torch.randperm(len(images), generator=gen)
     # Full batches only (the gradient penalty and BN see equal-sized batches); a public set
@@ -172,15 +178,18 @@ def _epoch(s: _State, images: torch.Tensor, cfg: GanTrainConfig, device: torch.d
         n = len(real)
         z = torch.randn(n, cfg.latent_dim, generator=gen).to(device)
         alpha = torch.rand(n, 1, 1, 1, generator=gen).to(device)
+        # Conditional: fakes take the real batch's labels, so both sides share a class mix.
+        y = None if labels is None else labels[idx].to(device)
+        onehot = None if y is None else F.one_hot(y, cfg.num_classes).float()
         with torch.no_grad():
-            fake = s.g(z)
-        d_real, d_fake = s.c(real), s.c(fake)
+            fake = s.g(z, onehot)
+        d_real, d_fake = s.c(real, y), s.c(fake, y)
         w = d_real.mean() - d_fake.mean()
         loss = -w
         penalise = cfg.gp_weight > 0 and s.critic_iters % cfg.gp_every == 0
         gp = torch.zeros((), device=device)
         if penalise:
-            gp = gradient_penalty(s.c, real, fake, alpha)
+            gp = gradient_penalty(lambda x, y=y: s.c(x, y), real, fake, alpha)
             loss = loss + cfg.gp_weight * cfg.gp_every * gp
         if cfg.drift_weight:
             loss = loss + cfg.drift_weight * d_real.pow(2).mean()
@@ -193,7 +202,7 @@ def _epoch(s: _State, images: torch.Tensor, cfg: GanTrainConfig, device: torch.d
         if s.critic_iters % cfg.critic_steps:
             continue
         z = torch.randn(n, cfg.latent_dim, generator=gen).to(device)
-        g_loss = -s.c(s.g(z)).mean()
+        g_loss = -s.c(s.g(z, onehot), y).mean()
         s.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         s.opt_g.step()
@@ -213,7 +222,8 @@ def _epoch(s: _State, images: torch.Tensor, cfg: GanTrainConfig, device: torch.d
 
 @torch.no_grad()
 def recalibrate_batchnorm(net: nn.Module, latent_dim: int, batches: int, seed: int,
-                          device: torch.device, batch_size: int = 256) -> None:
+                          device: torch.device, batch_size: int = 256,
+                          num_classes: int = 0) -> None:
     """Re-estimate BatchNorm statistics for the final weights (exact averages over seeded
     latents): an EMA's weights never produced the running statistics they inherit."""
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -226,7 +236,12 @@ def recalibrate_batchnorm(net: nn.Module, latent_dim: int, batches: int, seed: i
     gen = torch.Generator().manual_seed(derive_seed(seed, "bn-recalibration"))
     net.train()
     for _ in range(batches):
-        net(torch.randn(batch_size, latent_dim, generator=gen).to(device))
+        z = torch.randn(batch_size, latent_dim, generator=gen).to(device)
+        if num_classes:  # uniform labels: the attack may ask for any class
+            labels = torch.randint(num_classes, (batch_size,), generator=gen).to(device)
+            net(z, F.one_hot(labels, num_classes).float())
+        else:
+            net(z)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     net.eval()
@@ -234,8 +249,10 @@ def recalibrate_batchnorm(net: nn.Module, latent_dim: int, batches: int, seed: i
 
 def train_gan(public_images: torch.Tensor, cfg: GanTrainConfig, out_dir: str | Path,
               device: torch.device | str, log: Any = None,
-              on_epoch_end: Callable[[int], None] | None = None) -> Path:
+              on_epoch_end: Callable[[int], None] | None = None,
+              public_labels: torch.Tensor | None = None) -> Path:
     """Train on the public images (N, 3, H, W) in [-1, 1]; return ``out_dir/generator.pt``.
+    A conditional recipe (``cfg.num_classes`` > 0) also needs ``public_labels`` (N,).
 
     Writes ``generator.pt`` ({"generator": state_dict, "config": {...}}, loads with
     ``weights_only=True``), ``losses.csv`` (one row per generator step), ``samples.png`` (64
@@ -243,8 +260,17 @@ def train_gan(public_images: torch.Tensor, cfg: GanTrainConfig, out_dir: str | P
     end. A rerun after a kill resumes from the last finished epoch when the settings and the
     images are the same. ``on_epoch_end(epoch)`` runs after each epoch's checkpoint is saved."""
     out_dir, device = Path(out_dir), torch.device(device)
+    labels = None
+    if cfg.num_classes:
+        if public_labels is None or len(public_labels) != len(public_images):
+            raise ValueError("a conditional GAN (num_classes > 0) needs one public label per "
+                             "public image")
+        labels = public_labels.long()
+        if int(labels.min()) < 0 or int(labels.max()) >= cfg.num_classes:
+            raise ValueError(f"public labels must lie in [0, {cfg.num_classes}), found "
+                             f"{int(labels.min())}..{int(labels.max())}")
     resume_path = out_dir / RESUME_FILE
-    fingerprint = data_fingerprint(public_images)
+    fingerprint = data_fingerprint(public_images, labels)
     s = _State(cfg, device)
     if resume_path.exists():
         state = io.load_torch(resume_path, map_location=device)
@@ -260,7 +286,7 @@ def train_gan(public_images: torch.Tensor, cfg: GanTrainConfig, out_dir: str | P
     with tqdm(total=cfg.epochs * per_epoch, initial=s.epoch * per_epoch, unit="step",
               desc="WGAN-GP (critic steps)", mininterval=1.0) as bar:
         while s.epoch < cfg.epochs:
-            _epoch(s, images, cfg, device, bar)
+            _epoch(s, images, labels, cfg, device, bar)
             io.save_torch(resume_path, s.state_dict(cfg, fingerprint))
             if on_epoch_end is not None:
                 on_epoch_end(s.epoch)
@@ -268,16 +294,21 @@ def train_gan(public_images: torch.Tensor, cfg: GanTrainConfig, out_dir: str | P
         log.info("trained to epoch %d in %.1f s (%d generator steps)", cfg.epochs,
                  time.perf_counter() - start, len(s.rows))
     final = s.ema if cfg.ema else s.g
-    recalibrate_batchnorm(final, cfg.latent_dim, cfg.bn_recalibration, cfg.seed, device)
+    recalibrate_batchnorm(final, cfg.latent_dim, cfg.bn_recalibration, cfg.seed, device,
+                          num_classes=cfg.num_classes)
     final.eval()
     image_size = public_images.shape[-1]
     io.save_torch(out_dir / "generator.pt", dcgan_checkpoint(final, image_size, train=asdict(cfg)))
     io.write_text(out_dir / "losses.csv", _rows_csv(s.rows))
     _plot_losses(s.rows, out_dir / "losses.png")
-    generator = Generator(copy.deepcopy(final), cfg.latent_dim, image_size)
-    z = torch.randn(64, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    generator = Generator(copy.deepcopy(final), cfg.latent_dim, image_size,
+                          conditional=bool(cfg.num_classes), num_classes=cfg.num_classes)
+    # Conditional with up to 16 classes: a k x k grid whose columns are the k classes.
+    n = cfg.num_classes ** 2 if 0 < cfg.num_classes <= 16 else 64
+    z = torch.randn(n, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    grid_labels = torch.arange(n) % max(cfg.num_classes, 1)
     with torch.no_grad():
-        io.save_image(out_dir / "samples.png", generator(z.to(device)))
+        io.save_image(out_dir / "samples.png", generator(z.to(device), grid_labels.to(device)))
     resume_path.unlink(missing_ok=True)
     return out_dir / "generator.pt"
 

@@ -28,12 +28,14 @@ class DCGANGenerator(nn.Module):
     """The paper's 32x32 generator, channels scaled by ``width`` (paper: width 64).
 
     Linear(k -> 8w*4*4), BN1d, ReLU; ConvT(8w->4w, k2 s2), BN, ReLU; ConvT(4w->2w, k2 s2), BN,
-    ReLU; ConvT(2w->3, k2 s2), tanh. Width 64 gives the paper's 512/256/128 channels."""
+    ReLU; ConvT(2w->3, k2 s2), tanh. Width 64 gives the paper's 512/256/128 channels.
+    ``num_classes`` > 0 makes it class-conditional (not in the paper): the label's one-hot is
+    appended to z before the linear layer."""
 
-    def __init__(self, latent_dim: int = 128, width: int = 64) -> None:
+    def __init__(self, latent_dim: int = 128, width: int = 64, num_classes: int = 0) -> None:
         super().__init__()
-        self.latent_dim, self.width = latent_dim, width
-        self.fc = nn.Sequential(nn.Linear(latent_dim, 8 * width * 4 * 4),
+        self.latent_dim, self.width, self.num_classes = latent_dim, width, num_classes
+        self.fc = nn.Sequential(nn.Linear(latent_dim + num_classes, 8 * width * 4 * 4),
                                 nn.BatchNorm1d(8 * width * 4 * 4), nn.ReLU(True))
         self.net = nn.Sequential(
             nn.ConvTranspose2d(8 * width, 4 * width, 2, stride=2), nn.BatchNorm2d(4 * width),
@@ -42,7 +44,11 @@ class DCGANGenerator(nn.Module):
             nn.ReLU(True),
             nn.ConvTranspose2d(2 * width, 3, 2, stride=2), nn.Tanh())
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, onehot: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_classes:
+            if onehot is None:
+                raise ValueError("this DCGAN is class-conditional: pass one-hot labels")
+            z = torch.cat([z, onehot.to(z.dtype)], 1)
         return self.net(self.fc(z).view(-1, 8 * self.width, 4, 4))
 
 
@@ -50,18 +56,27 @@ class DCGANCritic(nn.Module):
     """The paper's WGAN-GP critic, no normalisation (the gradient penalty is per sample).
 
     Conv(3->2w, k3 s2 p1), LeakyReLU; Conv(2w->4w); Conv(4w->8w); Linear(8w*4*4 -> 1).
-    Width 64 gives the paper's 128/256/512 channels and Linear(8192 -> 1)."""
+    Width 64 gives the paper's 128/256/512 channels and Linear(8192 -> 1). ``num_classes`` > 0
+    adds a projection term <embed(label), features> (Miyato & Koyama's projection critic), the
+    conditional counterpart of the generator's one-hot input."""
 
-    def __init__(self, width: int = 64, slope: float = 0.2) -> None:
+    def __init__(self, width: int = 64, slope: float = 0.2, num_classes: int = 0) -> None:
         super().__init__()
+        self.num_classes = num_classes
         self.net = nn.Sequential(
             nn.Conv2d(3, 2 * width, 3, 2, 1), nn.LeakyReLU(slope),
             nn.Conv2d(2 * width, 4 * width, 3, 2, 1), nn.LeakyReLU(slope),
             nn.Conv2d(4 * width, 8 * width, 3, 2, 1), nn.LeakyReLU(slope),
             nn.Flatten(), nn.Linear(8 * width * 4 * 4, 1))
+        self.embed = nn.Embedding(num_classes, 8 * width * 4 * 4) if num_classes else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).view(-1)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is None:
+            return self.net(x).view(-1)
+        if labels is None:
+            raise ValueError("this critic is class-conditional: pass labels")
+        features = self.net[:-1](x)
+        return self.net[-1](features).view(-1) + (self.embed(labels) * features).sum(1)
 
 
 # --- the interface ----------------------------------------------------------------------------
@@ -145,28 +160,36 @@ def dcgan_checkpoint(net: DCGANGenerator, image_size: int, **extra: Any) -> dict
     """What ``generator.pt`` holds: a plain state_dict and a small config (weights_only-safe)."""
     return {"generator": {k: v.detach().cpu() for k, v in net.state_dict().items()},
             "config": {"arch": "dcgan", "latent_dim": net.latent_dim, "width": net.width,
-                       "image_size": image_size, **extra}}
+                       "num_classes": net.num_classes, "image_size": image_size, **extra}}
 
 
 @GENERATORS.register("dcgan")
 def build_dcgan(checkpoint: str | Path | None, image_size: int = 32, latent_dim: int = 128,
-                width: int = 64, seed: int = 0, **_: Any) -> Generator:
-    """The 32x32 WGAN-GP generator; ``checkpoint`` is the ``generator.pt`` of ``train_gan``."""
+                width: int = 64, conditional: bool = False, num_classes: int = 0, seed: int = 0,
+                **_: Any) -> Generator:
+    """The 32x32 WGAN-GP generator; ``checkpoint`` is the ``generator.pt`` of ``train_gan``.
+    ``conditional`` takes the label (``num_classes`` of them) as a second input."""
+    classes = num_classes if conditional else 0
+    if conditional and num_classes < 1:
+        raise ValueError("generator.conditional needs data.num_classes >= 1")
     if checkpoint is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same stand-in every time
-            net = DCGANGenerator(latent_dim, width)
-        return Generator(net, latent_dim, image_size,
+            net = DCGANGenerator(latent_dim, width, classes)
+        return Generator(net, latent_dim, image_size, conditional=conditional,
+                         num_classes=classes,
                          stand_in=f"random-weight DCGAN (width {width}, seed {seed})")
     state = io.load_torch(checkpoint)  # weights_only=True
     saved = state["config"]
-    if (saved["latent_dim"], saved["width"]) != (latent_dim, width):
-        raise ValueError(f"{checkpoint} holds a generator with latent_dim {saved['latent_dim']} "
-                         f"and width {saved['width']}, but params ask for {latent_dim} and "
-                         f"{width}: retrain it (ggl train-gan) or fix generator settings")
-    net = DCGANGenerator(latent_dim, width)
+    found = (saved["latent_dim"], saved["width"], saved.get("num_classes", 0))
+    if found != (latent_dim, width, classes):
+        raise ValueError(f"{checkpoint} holds a generator with latent_dim {found[0]}, width "
+                         f"{found[1]} and {found[2]} classes (0 = unconditional), but params "
+                         f"ask for {latent_dim}, {width} and {classes}: retrain it "
+                         "(ggl train-gan) or fix generator settings")
+    net = DCGANGenerator(latent_dim, width, classes)
     net.load_state_dict(state["generator"])
-    return Generator(net, latent_dim, image_size)
+    return Generator(net, latent_dim, image_size, conditional=conditional, num_classes=classes)
 
 
 # --- BigGAN-deep-256 ----------------------------------------------------------------------------
