@@ -39,11 +39,11 @@ def received(tmp_path_factory):
     return params, root
 
 
-def _attack(params, root, defence, attack, out):
+def _attack(params, root, defence, attack, out, scorer="auto"):
     generator = load_generator("dcgan", None, "cpu", image_size=32, latent_dim=16, width=4)
     files = {i: gradient_paths(root / "results", defence, i)[0] for i in params.image_ids()}
     return run_attack(files, defence, attack, params.attacks[attack], generator,
-                      generator.info(), params.seed, out, torch.device("cpu"))
+                      generator.info(), params.seed, out, torch.device("cpu"), scorer)
 
 
 @pytest.mark.parametrize("attack", ["ggl-adam", "ggl-cmaes", "ggl-bo"])
@@ -73,6 +73,18 @@ def test_same_seed_same_reconstruction_bytes(received, tmp_path):
         tx, ty = (torch.load(f / "reconstruction.pt", weights_only=True) for f in (x, y))
         assert tx.numpy().tobytes() == ty.numpy().tobytes()
         assert (x / "reconstruction.png").read_bytes() == (y / "reconstruction.png").read_bytes()
+
+
+def test_params_scorer_is_recorded_and_changes_only_float_rounding(received, tmp_path):
+    params, root = received
+    runs = {scorer: _attack(params, root, "sparsification", "ggl-cmaes", tmp_path / scorer,
+                            scorer) for scorer in ("loop", "batched")}
+    for loop, batched in zip(runs["loop"], runs["batched"], strict=True):
+        results = [json.loads((f / "result.json").read_text()) for f in (loop, batched)]
+        assert [r["scorer"] for r in results] == ["loop", "batched"]
+        assert results[1]["loss"] == pytest.approx(results[0]["loss"], rel=1e-4)
+        images = [torch.load(f / "reconstruction.pt", weights_only=True) for f in (loop, batched)]
+        torch.testing.assert_close(images[1], images[0], atol=1e-4, rtol=0)
 
 
 def test_the_attacker_never_gets_the_private_image(received):

@@ -48,6 +48,8 @@ BAD = [
     ("model.width", 2.5, ["model.width", "integer"]),
     ("data.image_size", _DELETE, ["data.image_size", "missing"]),
     ("device", "tpu", ["device", "'tpu'", "auto"]),
+    ("scorer", "fast", ["scorer", "'fast'", "batched"]),
+    ("generator.conditional", "yes", ["generator.conditional", "boolean"]),
     ("experiment", "my run", ["experiment", "not a valid name"]),
     ("private_images", [0, 999], ["private_images", "999", "private_size"]),
     ("data.public_size", 1700, ["data.public_size", "1797"]),

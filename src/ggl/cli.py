@@ -91,7 +91,7 @@ def cmd_attack(args: argparse.Namespace, params: Params) -> None:
              for image in params.image_ids()}
     folders = run_attack(files, args.defence, args.attack, params.attacks[args.attack],
                          generator, {"kind": params.generator.kind, **generator.info()},
-                         params.seed, Path(results_dir(params)), device)
+                         params.seed, Path(results_dir(params)), device, params.scorer)
     log.info("%s on %s: %d reconstructions", args.attack, args.defence, len(folders))
 
 

@@ -168,6 +168,7 @@ class Params:
     device: str
     seed: int
     threads: int
+    scorer: str  # how the objective scores a batch of candidates: auto | batched | loop
     data: DataConfig
     private_images: tuple[int, ...]
     model: ModelConfig
@@ -186,6 +187,7 @@ class Params:
             device=raw["device"],
             seed=raw["seed"],
             threads=raw["threads"],
+            scorer=raw["scorer"],
             data=data,
             private_images=tuple(raw["private_images"]),
             model=ModelConfig(**raw["model"], num_classes=data.num_classes),

@@ -171,12 +171,56 @@ def identity(grads: Gradient) -> Gradient:
     return list(grads)
 
 
+# The estimate as data: the same transform written as a sequence of the primitives above, so
+# that a batched scorer (ggl.attack.batched) can apply it to per-candidate norms and dot
+# products without materialising every candidate's gradient. ``apply`` stays the reference.
+
+@dataclass(frozen=True)
+class ClipGlobal:
+    """``clip_global(g, bound)``."""
+
+    bound: float | torch.Tensor
+
+
+@dataclass(frozen=True)
+class ClipPerLayer:
+    """``clip_per_layer(g, bounds)``, one bound per parameter tensor."""
+
+    bounds: tuple[float | torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class Prune:
+    """``prune_smallest(g, counts)``."""
+
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MaskColumns:
+    """``mask_fc_columns(g, mask, index)``."""
+
+    mask: torch.Tensor
+    index: int
+
+
+EstimateOp = ClipGlobal | ClipPerLayer | Prune | MaskColumns
+
+
 @dataclass
 class Estimate:
-    """T-hat: the attacker's estimate of the defence, applied to batched trial gradients."""
+    """T-hat: the attacker's estimate of the defence, applied to batched trial gradients.
+
+    ``ops`` describes ``apply`` as primitives (``()`` for the identity); None when it cannot
+    (a plugin's estimate), and then only ``apply`` may be used."""
 
     apply: Transform = identity
     values: dict[str, Any] = field(default_factory=dict)  # what was estimated, for the logs
+    ops: tuple[EstimateOp, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ops is None and self.apply is identity:
+            self.ops = ()
 
 
 EstimateFn = Callable[..., Estimate]
@@ -194,9 +238,10 @@ def estimate_clipping(received: Gradient, fc_index: int, per_layer: bool = False
     if per_layer:
         bounds = [n[0] for n in layer_norms(_received(received))]
         return Estimate(lambda g: clip_per_layer(g, bounds),
-                        {"bounds": [float(b) for b in bounds]})
+                        {"bounds": [float(b) for b in bounds]}, (ClipPerLayer(tuple(bounds)),))
     bound = global_norm(_received(received))[0]
-    return Estimate(lambda g: clip_global(g, bound), {"bound": float(bound)})
+    return Estimate(lambda g: clip_global(g, bound), {"bound": float(bound)},
+                    (ClipGlobal(bound),))
 
 
 @ESTIMATES.register("sparsification")
@@ -204,7 +249,8 @@ def estimate_sparsification(received: Gradient, fc_index: int, **_secret: Any) -
     """Prune each trial tensor to as many zeros as the received tensor has."""
     counts = [int((g == 0).sum()) for g in received]
     rate = 100 * sum(counts) / sum(g.numel() for g in received)
-    return Estimate(lambda g: prune_smallest(g, counts), {"rate": rate, "counts": counts})
+    return Estimate(lambda g: prune_smallest(g, counts), {"rate": rate, "counts": counts},
+                    (Prune(tuple(counts)),))
 
 
 @ESTIMATES.register("soteria")
@@ -212,7 +258,8 @@ def estimate_soteria(received: Gradient, fc_index: int, **_secret: Any) -> Estim
     """The mask is the set of non-zero columns of the received fc weight gradient."""
     mask = received[fc_index].ne(0).any(dim=0)
     return Estimate(lambda g: mask_fc_columns(g, mask, fc_index),
-                    {"pruned_features": int((~mask).sum()), "features": mask.numel()})
+                    {"pruned_features": int((~mask).sum()), "features": mask.numel()},
+                    (MaskColumns(mask, fc_index),))
 
 
 @ESTIMATES.register("noise")
@@ -234,4 +281,7 @@ def estimate_defence(received: Gradient, steps: Sequence[DefenceStep], fc_index:
 
     values = {f"{i}.{s.kind}": e.values for i, (s, e) in enumerate(zip(steps, estimates,
                                                                         strict=True))}
-    return Estimate(apply, values)
+    ops: tuple[EstimateOp, ...] | None = ()
+    for est in estimates:
+        ops = None if ops is None or est.ops is None else ops + est.ops
+    return Estimate(apply, values, ops)

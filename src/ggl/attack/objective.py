@@ -9,11 +9,20 @@ a new one is one more entry.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from ggl.attack.batched import (
+    BatchedScorer,
+    NotFaster,
+    Policy,
+    Unsupported,
+    default_policy,
+    verify,
+    warn_fallback,
+)
 from ggl.defences import Estimate, Gradient, identity
 
 # --- gradient distances: batched trial gradients (n, ...) against the received (...) -> (n,)
@@ -104,12 +113,21 @@ class ObjectiveConfig:
     tanh: bool = False  # optimise x with z = tanh(x) (the authors' ImageNet optimisers)
 
 
+SCORERS = ("auto", "batched", "loop")
+
+
 class Objective:
-    """Scores a batch of latents (n, k) -> (n,) losses; differentiable with respect to them."""
+    """Scores a batch of latents (n, k) -> (n,) losses; differentiable with respect to them.
+
+    ``scorer`` (params' ``scorer``): ``loop`` computes one gradient
+    per candidate; ``batched`` the whole batch at once (``ggl.attack.batched``; an error where
+    it cannot); ``auto`` the batched path where the device's measured policy says it is faster
+    and the model and estimate allow it, checked once against the loop, else the loop."""
 
     def __init__(self, model: nn.Module, generate: Callable[[torch.Tensor], torch.Tensor],
                  received: Sequence[torch.Tensor], label: int, estimate: Estimate,
-                 cfg: ObjectiveConfig) -> None:
+                 cfg: ObjectiveConfig, scorer: str = "auto",
+                 policy: Policy | None = None) -> None:
         for name, table in (("distance", DISTANCES), ("regulariser", REGULARISERS)):
             if getattr(cfg, name) not in table:
                 raise ValueError(f"objective.{name}: {getattr(cfg, name)!r} is not allowed; "
@@ -119,6 +137,13 @@ class Objective:
         self.transform = estimate.apply if cfg.adaptive else identity
         self.distance = DISTANCES[cfg.distance]
         self.regulariser = REGULARISERS[cfg.regulariser]
+        if scorer not in SCORERS:
+            raise ValueError(f"scorer: {scorer!r} is not allowed; allowed are {', '.join(SCORERS)}")
+        self.scorer = scorer
+        self.ops = estimate.ops if cfg.adaptive else ()
+        self.policy = policy
+        self._batched: BatchedScorer | None = None
+        self._batched_state = "unset"  # unset | on | off
 
     def latent(self, x: torch.Tensor) -> torch.Tensor:
         """The generator's latent for the optimiser's variable."""
@@ -127,9 +152,54 @@ class Objective:
     def images(self, x: torch.Tensor) -> torch.Tensor:
         return self.generate(self.latent(x))
 
+    def batched_scorer(self, images: torch.Tensor) -> BatchedScorer | None:
+        """The batched scorer, built and checked against the loop on the first call."""
+        if self._batched_state == "unset":
+            self._batched_state = "off"
+            try:
+                if self.ops is None:
+                    raise Unsupported("the defence estimate is not expressed as primitives")
+                scorer = BatchedScorer(self.model, self.received, self.ops, self.cfg.distance,
+                                       self.active_policy(images.device))
+                probe = images[:1].detach()
+                problem = verify(scorer, probe, self.targets(probe),
+                                 trial_gradients(self.model, probe, self.label))
+                if problem:
+                    raise Unsupported(problem)
+            except Unsupported as err:
+                if self.scorer == "batched":
+                    raise
+                if not isinstance(err, NotFaster):
+                    warn_fallback(str(err))
+                return None
+            self._batched, self._batched_state = scorer, "on"
+        return self._batched
+
+    def active_policy(self, device: torch.device) -> Policy:
+        policy = self.policy or default_policy(device)
+        if self.scorer == "batched":  # forced: every case it can express
+            policy = replace(policy, with_grad=True, prune=True)
+        return policy
+
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(images),), self.label, dtype=torch.long, device=images.device)
+
+    def matching(self, images: torch.Tensor) -> torch.Tensor:
+        """D(y, T-hat(F(image))) per image: (n,)."""
+        create_graph = images.requires_grad
+        batched = self.scorer != "loop" and (
+            not create_graph or self.active_policy(images.device).with_grad)
+        scorer = self.batched_scorer(images) if batched else None
+        if scorer is not None:
+            return scorer(images, self.targets(images), create_graph=create_graph)
+        # One candidate at a time, each reduced at once: holding every candidate's gradient
+        # (n copies of the model's size) only cost memory and time.
+        return torch.cat([
+            self.distance(self.transform(trial_gradients(self.model, image[None], self.label,
+                                                         create_graph=create_graph)),
+                          self.received) for image in images])
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         z = self.latent(x)
         images = self.generate(z)
-        grads = trial_gradients(self.model, images, self.label, create_graph=x.requires_grad)
-        matching = self.distance(self.transform(grads), self.received)
-        return matching + self.cfg.reg_weight * self.regulariser(z)
+        return self.matching(images) + self.cfg.reg_weight * self.regulariser(z)

@@ -46,6 +46,7 @@ class Attacker:
     image_shape: tuple[int, int, int]
     generator: Any | None  # ggl.generators.Generator, or None for pixel-space baselines
     device: torch.device
+    scorer: str = "auto"  # params' scorer: how the objective scores a batch (ggl.attack.objective)
 
     @cached_property
     def estimate(self) -> Estimate:
@@ -126,7 +127,7 @@ def ggl_objective(attacker: Attacker, cfg: AttackConfig) -> Objective:
         return generator(z, labels.expand(len(z)))
 
     return Objective(attacker.model, generate, attacker.received, attacker.label,
-                     attacker.estimate, cfg.objective)
+                     attacker.estimate, cfg.objective, scorer=attacker.scorer)
 
 
 def ggl_attack(optimiser: str) -> AttackFn:
@@ -172,7 +173,7 @@ ATTACK_FILES = ("reconstruction.pt", "reconstruction.png", "latent.pt", "curve.c
 
 
 def prepare_attacker(gradient_file: str | Path, generator: Any | None,
-                     device: torch.device) -> Attacker:
+                     device: torch.device, scorer: str = "auto") -> Attacker:
     record = load_received(gradient_file)
     spec = record["model"]
     model = build_model(ModelConfig(spec["arch"], spec["width"], spec["seed"],
@@ -183,7 +184,7 @@ def prepare_attacker(gradient_file: str | Path, generator: Any | None,
     size = record["image_size"]
     return Attacker(received, steps_from_record(record["defence"]), model, record["fc_index"],
                     infer_label(received, record["fc_index"]), (3, size, size), generator,
-                    device)
+                    device, scorer)
 
 
 def curve_csv(trials: list[Trial]) -> str:
@@ -206,12 +207,12 @@ def write_attack(folder: Path, best: Trial, trials: list[Trial], meta: dict[str,
 
 def run_attack(gradient_files: dict[str, Path], defence: str, attack: str, cfg: AttackConfig,
                generator: Any | None, generator_info: dict[str, Any], master_seed: int,
-               results_dir: Path, device: torch.device) -> list[Path]:
+               results_dir: Path, device: torch.device, scorer: str = "auto") -> list[Path]:
     """Attack every listed image (image id -> received gradient file)."""
     folders = []
     for image_id, gradient_file in tqdm(gradient_files.items(), desc=f"{attack} on {defence}",
                                         unit="img"):
-        attacker = prepare_attacker(gradient_file, generator, device)
+        attacker = prepare_attacker(gradient_file, generator, device, scorer)
         # Common random numbers: the same attack starts alike under every defence.
         seed = derive_seed(master_seed, "attack", attack, image_id)
         start = time.perf_counter()
@@ -226,7 +227,7 @@ def run_attack(gradient_files: dict[str, Path], defence: str, attack: str, cfg: 
             "best_trial": next(i for i, t in enumerate(trials) if t is best),
             "trial_losses": [t.loss for t in trials],
             "seed": seed, "defence_estimate": _summarise(attacker.estimate.values),
-            "generator": generator_info, "device": str(device), **best.extra,
+            "generator": generator_info, "device": str(device), "scorer": scorer, **best.extra,
         }
         folder = attack_dir(results_dir, defence, attack, image_id)
         write_attack(folder, best, trials, meta)

@@ -238,8 +238,9 @@ STAGE_KINDS: list[StageKind] = [
         outs=attack_outs,
         param_keys=lambda defence, attack: ["experiment", "seed", "generator",
                                             f"attacks.{attack}"],
-        code=("attack/run.py", "attack/objective.py", "attack/optimisers.py",
-              "attack/baselines.py", "attack/labels.py", "defences.py", "generators.py"),
+        code=("attack/run.py", "attack/objective.py", "attack/batched.py",
+              "attack/optimisers.py", "attack/baselines.py", "attack/labels.py", "defences.py",
+              "generators.py"),
         summary="invert every received gradient of one defence with one attack",
     ),
     StageKind(
