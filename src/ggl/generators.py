@@ -62,7 +62,6 @@ class DCGANCritic(nn.Module):
 
     def __init__(self, width: int = 64, slope: float = 0.2, num_classes: int = 0) -> None:
         super().__init__()
-        self.num_classes = num_classes
         self.net = nn.Sequential(
             nn.Conv2d(3, 2 * width, 3, 2, 1), nn.LeakyReLU(slope),
             nn.Conv2d(2 * width, 4 * width, 3, 2, 1), nn.LeakyReLU(slope),
