@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ggl import io
+from ggl.errors import GglError
 
 log = logging.getLogger("ggl.biggan")
 
@@ -81,7 +82,7 @@ Opener = Callable[[str], Any]  # url -> a context-managed response with .read() 
 NO_HASH = "no SHA-256 is known for it"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(GglError):
     """A download failed or did not verify; nothing was written at the final path."""
 
 
@@ -109,17 +110,16 @@ def parse_sha256_overrides(values: Iterable[str]) -> dict[str, str]:
         name = name or WEIGHTS_FILE
         digest = digest.strip().lower()
         if name not in (WEIGHTS_FILE, CONFIG_FILE):
-            raise ValueError(f"--sha256: unknown file {name!r}; use {WEIGHTS_FILE} or "
-                             f"{CONFIG_FILE}")
+            raise GglError(f"--sha256: unknown file {name!r}; use {WEIGHTS_FILE} or "
+                           f"{CONFIG_FILE}")
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ValueError(f"--sha256: {value!r} is not a 64-digit hex SHA-256")
+            raise GglError(f"--sha256: {value!r} is not a 64-digit hex SHA-256")
         out[name] = digest
     return out
 
 
-def offline_help(dest_dir: str | os.PathLike, sources: Mapping[str, str] | None = None) -> str:
-    dest_dir = Path(dest_dir)
-    lines = [f"  {url}\n    -> {dest_dir / name}" for name, url in (sources or urls()).items()]
+def offline_help(dest: Mapping[str, Path], sources: Mapping[str, str] | None = None) -> str:
+    lines = [f"  {url}\n    -> {dest[name]}" for name, url in (sources or urls()).items()]
     return ("Download these files by hand on a machine with internet access and place them as "
             "shown, then rerun (nothing is downloaded when they are present and verify):\n"
             + "\n".join(lines)
@@ -164,15 +164,19 @@ def _urlopen(url: str) -> Any:
     return urllib.request.urlopen(url, timeout=60)
 
 
-def download(name: str, url: str, dest_dir: Path, expected: str | None,
-             opener: Opener = _urlopen) -> Path:
-    """Download one file; it reaches ``dest_dir/name`` only when whole and verified.
+def _beside(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
 
-    A whole download that cannot be verified because no hash is known is kept as
-    ``name.unverified`` (never at the final path) so that a rerun with its hash needs no
+
+def download(name: str, url: str, final: Path, expected: str | None,
+             opener: Opener = _urlopen) -> Path:
+    """Download one file (``name``: which of the two); it reaches ``final`` only when whole
+    and verified.
+
+    A whole download that cannot be verified because no hash is known is kept beside it as
+    ``<final>.unverified`` (never at the final path) so that a rerun with its hash needs no
     second download."""
-    final = dest_dir / name
-    kept = dest_dir / f"{name}.unverified"
+    kept = _beside(final, ".unverified")
     try:
         with io.atomic_path(final) as tmp:  # renamed onto `final` only if this block succeeds
             actual = _stream(url, tmp, opener)
@@ -190,25 +194,27 @@ def download(name: str, url: str, dest_dir: Path, expected: str | None,
                                     f"not the expected file (nothing written at {final})")
     except (urllib.error.URLError, OSError) as exc:  # offline, DNS, HTTP errors, disk
         raise DownloadError(f"could not download {url} ({exc}).\n"
-                            + offline_help(dest_dir)) from exc
+                            + offline_help({name: final})) from exc
     return final
 
 
-def fetch_biggan(dest_dir: str | os.PathLike, sha256: Mapping[str, str] | None = None, *,
+def fetch_biggan(weights: Path, config: Path, sha256: Mapping[str, str] | None = None, *,
                  sources: Mapping[str, str] | None = None, opener: Opener = _urlopen) -> Path:
-    """Make sure verified BigGAN-deep-256 weights and config are in ``dest_dir``.
+    """Make sure verified BigGAN-deep-256 weights and config are at ``weights`` and ``config``.
 
     Files already present and verified are not downloaded again; a present file that fails
-    verification is moved aside to ``name.rejected`` (never trusted, never deleted). ``sha256``
-    overrides ``EXPECTED_SHA256`` per file name; ``sources`` overrides the package's URLs
-    (tests, mirrors). Returns the weights path (the ``checkpoint`` of ``load_generator``)."""
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    verification is moved aside to ``<path>.rejected`` (never trusted, never deleted).
+    ``sha256`` overrides ``EXPECTED_SHA256`` per file name; ``sources`` overrides the
+    package's URLs (tests, mirrors). Returns the weights path (the ``checkpoint`` of
+    ``load_generator``)."""
+    dest = {WEIGHTS_FILE: Path(weights), CONFIG_FILE: Path(config)}
+    for path in dest.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
     sources = dict(sources or urls())
     # The small, content-checked config first: a weights problem then leaves it in place.
     for name, url in sorted(sources.items(), key=lambda item: item[0] != CONFIG_FILE):
         expected = (sha256 or {}).get(name) or EXPECTED_SHA256.get(name)
-        final, kept = dest_dir / name, dest_dir / f"{name}.unverified"
+        final, kept = dest[name], _beside(dest[name], ".unverified")
         if final.exists():
             problem = _problem(name, final, expected, sha256_of(final))
             if problem is None:
@@ -218,14 +224,14 @@ def fetch_biggan(dest_dir: str | os.PathLike, sha256: Mapping[str, str] | None =
                 raise DownloadError(
                     f"{final} is present but no SHA-256 is known to verify it (its SHA-256 is "
                     f"{sha256_of(final)}); rerun with --sha256 after checking that hash")
-            os.replace(final, dest_dir / f"{name}.rejected")
-            log.warning("%s: %s; moved aside to %s.rejected", final, problem, name)
+            os.replace(final, _beside(final, ".rejected"))
+            log.warning("%s: %s; moved aside to %s.rejected", final, problem, final.name)
         if kept.exists() and expected is not None:
             if _problem(name, kept, expected, sha256_of(kept)) is None:
                 os.replace(kept, final)  # a whole earlier download, now verified
                 log.info("%s: verified the kept download, no new download", final)
                 continue
             kept.unlink()
-        download(name, url, dest_dir, expected, opener)
+        download(name, url, final, expected, opener)
         log.info("%s: downloaded and verified", final)
-    return dest_dir / WEIGHTS_FILE
+    return dest[WEIGHTS_FILE]

@@ -6,6 +6,7 @@ what is allowed, e.g. ``defences.noise[0].sigma: -1 is less than the minimum of 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -14,10 +15,14 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ggl.errors import GglError
+from ggl.plugins import PLUGIN_PATTERN
+from ggl.settings import METHODS, AttackConfig
+
 KNOWN_DATASET_SIZES = {"digits": 1797}
 
 
-class ParamsError(ValueError):
+class ParamsError(GglError):
     """A params file is malformed; the message names the key and what is allowed."""
 
 
@@ -121,6 +126,11 @@ class DefenceStep:
         return cls(kind=raw["kind"], settings=settings)
 
 
+# The setting that measures a defence kind's strength (params sweep it, the paper's Fig. 7)
+STRENGTH = {"noise": "sigma", "clipping": "bound", "sparsification": "rate", "soteria": "rate"}
+ZERO_IS_NONE = ("noise", "sparsification", "soteria")  # strength 0 = no defence
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     kind: str
@@ -130,36 +140,38 @@ class GeneratorConfig:
     train: dict[str, Any]
 
 
-def settings(cls: type, raw: dict[str, Any], key: str) -> Any:
-    """Build a settings dataclass, naming ``key`` and the allowed fields on a bad entry."""
-    allowed = {f.name: f for f in fields(cls)}
-    for name, value in raw.items():
-        if name not in allowed:
-            raise ParamsError(f"{key}.{name}: unknown setting; allowed are "
-                              f"{', '.join(allowed)}")
-        expected = type(getattr(cls(), name)) if _has_defaults(cls) else None
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            continue
-        if expected is not None and not isinstance(value, expected):
-            raise ParamsError(f"{key}.{name}: expected {expected.__name__}, got {value!r}")
+def build_settings(cls: type, raw: Any, key: str) -> Any:
+    """One settings dataclass from params, every field written out; errors name ``key``."""
+    names = [f.name for f in fields(cls)]
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{key}: expected a mapping with {', '.join(names)}; got {raw!r}")
+    for name in raw:
+        if name not in names:
+            raise ParamsError(f"{key}.{name}: unknown setting; allowed are {', '.join(names)}")
+    for name in names:
+        if name not in raw:
+            raise ParamsError(f"{key}.{name}: missing setting (params write out every setting "
+                              f"of {key}: {', '.join(names)})")
     try:
         return cls(**raw)
-    except (TypeError, ValueError) as exc:
-        raise ParamsError(f"{key}: {exc}") from exc
+    except ValueError as exc:  # the dataclass names the field first: "lr: must be > 0"
+        raise ParamsError(f"{key}.{exc}") from exc
 
 
-def _has_defaults(cls: type) -> bool:
+def attack_config(raw: dict[str, Any], key: str) -> AttackConfig:
+    """One entry of params' attacks (``key`` names it in errors)."""
+    method = raw["method"]
+    if method not in METHODS and not re.match(PLUGIN_PATTERN, str(method)):
+        raise ParamsError(f"{key}.method: {method!r} is not allowed; allowed are "
+                          f"{', '.join(METHODS)}, or 'package.module:callable'")
+    objective, optimiser = raw["objective"], raw["optimiser"]
+    if method in METHODS:  # a plugin method gets its settings as given
+        objective = build_settings(METHODS[method][0], objective, f"{key}.objective")
+        optimiser = build_settings(METHODS[method][1], optimiser, f"{key}.optimiser")
     try:
-        cls()
-    except TypeError:
-        return False
-    return True
-
-
-def _attack_config(name: str, raw: dict[str, Any]) -> Any:
-    from ggl.attack.run import attack_config
-
-    return attack_config(raw, f"attacks.{name}")
+        return AttackConfig(method, raw["trials"], raw["budget"], objective, optimiser)
+    except ValueError as exc:
+        raise ParamsError(f"{key}.{exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -174,7 +186,7 @@ class Params:
     model: ModelConfig
     defences: dict[str, tuple[DefenceStep, ...]]
     generator: GeneratorConfig
-    attacks: dict[str, Any]  # name -> ggl.attack.run.AttackConfig
+    attacks: dict[str, AttackConfig]
     lpips_stand_in: bool
     raw: dict[str, Any]
 
@@ -194,13 +206,33 @@ class Params:
             defences={name: tuple(DefenceStep.from_raw(s) for s in steps)
                       for name, steps in raw["defences"].items()},
             generator=GeneratorConfig(**raw["generator"]),
-            attacks={name: _attack_config(name, cfg) for name, cfg in raw["attacks"].items()},
+            attacks={name: attack_config(cfg, f"attacks.{name}")
+                     for name, cfg in raw["attacks"].items()},
             lpips_stand_in=raw["metrics"]["lpips_stand_in"],
             raw=raw,
         )
 
     def image_ids(self) -> list[str]:
         return [image_id(i) for i in self.private_images]
+
+    def sweeps(self) -> dict[str, dict[str, float]]:
+        """{kind: {defence name: strength}} for every defence kind params try at 3 or more
+        strengths (one-step defences of that kind, e.g. Soteria at 0-80 %, the paper's Fig.
+        7); ``none`` joins a sweep as strength 0 where 0 means no defence."""
+        sweeps: dict[str, dict[str, float]] = {}
+        for name, steps in self.defences.items():
+            if len(steps) == 1 and steps[0].kind in STRENGTH:
+                sweeps.setdefault(steps[0].kind, {})[name] = float(
+                    steps[0].settings[STRENGTH[steps[0].kind]])
+        if "none" in self.defences:
+            for kind in ZERO_IS_NONE:
+                if kind in sweeps:
+                    sweeps[kind]["none"] = 0.0
+        return {k: v for k, v in sweeps.items() if len(set(v.values())) >= 3}
+
+    def runs(self) -> list[tuple[str, str, str]]:
+        """(defence, attack, image id) of every attack run params ask for."""
+        return [(d, a, i) for d in self.defences for a in self.attacks for i in self.image_ids()]
 
 
 def image_id(index: int) -> str:

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 
 from ggl import io
 from ggl.config import DataConfig
-from ggl.registry import Registry
+from ggl.errors import GglError
+from ggl.plugins import Registry
 
 
-class DataError(RuntimeError):
+class DataError(GglError):
     """Data is missing or unusable; the message says what to download and where to put it."""
 
 
@@ -208,31 +209,23 @@ def load_dataset(cfg: DataConfig) -> Split:
                         {"name": cfg.dataset, "total": len(images)})
 
 
-# --- files of the split: data/<experiment>/{public.pt, private.pt, index.json} -------------
+# --- the split's files: public.pt, private.pt (uint8 images + labels), index.json ----------
 
-def split_paths(data_dir: str | Path) -> dict[str, Path]:
-    data_dir = Path(data_dir)
-    return {"public": data_dir / "public.pt", "private": data_dir / "private.pt",
-            "index": data_dir / "index.json"}
-
-
-def write_split(split: Split, cfg: DataConfig, data_dir: str | Path) -> dict[str, Path]:
-    paths = split_paths(data_dir)
-    for part in ("public", "private"):
+def write_split(split: Split, cfg: DataConfig, public: Path, private: Path, index: Path) -> None:
+    for path, part in ((public, "public"), (private, "private")):
         images, labels = getattr(split, f"{part}_images"), getattr(split, f"{part}_labels")
-        io.save_torch(paths[part], {"images": images.contiguous(), "labels": labels})
-    index = {"dataset": cfg.dataset, "image_size": cfg.image_size,
-             "num_classes": cfg.num_classes, "split_seed": cfg.split_seed,
-             "public_size": len(split.public_images), "private_size": len(split.private_images),
-             "pixel_range": "stored uint8 [0, 255]; loaded as float [-1, 1]",
-             "private_label_counts": np.bincount(split.private_labels.numpy(),
-                                                 minlength=cfg.num_classes).tolist(),
-             "source": split.source}
-    io.write_json(paths["index"], index)
-    return paths
+        io.save_torch(path, {"images": images.contiguous(), "labels": labels})
+    io.write_json(index, {
+        "dataset": cfg.dataset, "image_size": cfg.image_size, "num_classes": cfg.num_classes,
+        "split_seed": cfg.split_seed, "public_size": len(split.public_images),
+        "private_size": len(split.private_images),
+        "pixel_range": "stored uint8 [0, 255]; loaded as float [-1, 1]",
+        "private_label_counts": np.bincount(split.private_labels.numpy(),
+                                            minlength=cfg.num_classes).tolist(),
+        "source": split.source})
 
 
-def load_part(data_dir: str | Path, part: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images in [-1, 1] and labels of the 'public' or 'private' part."""
-    stored = io.load_torch(split_paths(data_dir)[part])
+def load_part(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [-1, 1] and labels of one part of the split (public.pt or private.pt)."""
+    stored = io.load_torch(path)
     return to_unit_range(stored["images"]), stored["labels"]

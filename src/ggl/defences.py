@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ggl.config import DefenceStep
-from ggl.registry import Registry
+from ggl.plugins import Registry
 
 Gradient = list[torch.Tensor]
 CLIP_EPS = 1e-6  # as the authors: g * min(1, S / (||g|| + 1e-6))

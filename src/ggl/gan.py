@@ -29,12 +29,12 @@ from torch import nn
 from tqdm import tqdm
 
 from ggl import io
+from ggl.config import Params
 from ggl.generators import DCGANCritic, DCGANGenerator, Generator, dcgan_checkpoint
 from ggl.runtime import derive_seed
 
 LOSS_COLUMNS = ("step", "epoch", "critic_loss", "generator_loss", "gradient_penalty",
                 "wasserstein")
-RESUME_FILE = "resume.pt"
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,14 @@ CPU_RECIPE = GanTrainConfig(
     epochs=60, batch_size=64, lr=5e-4, generator_lr=5e-4, betas=(0.0, 0.9), critic_steps=1,
     gp_weight=10.0, gp_every=1, drift_weight=1e-3, ema=0.99, lr_decay=False, bn_recalibration=8,
     latent_dim=128, width=16, num_classes=0, seed=0)
+
+
+def gan_config(params: Params) -> GanTrainConfig:
+    """The recipe params' generator section describes."""
+    g = params.generator
+    return GanTrainConfig.from_dict({**g.train, "latent_dim": g.latent_dim, "width": g.width,
+                                     "num_classes": params.data.num_classes if g.conditional
+                                     else 0})
 
 
 def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
@@ -247,19 +255,70 @@ def recalibrate_batchnorm(net: nn.Module, latent_dim: int, batches: int, seed: i
     net.eval()
 
 
-def train_gan(public_images: torch.Tensor, cfg: GanTrainConfig, out_dir: str | Path,
+@dataclass
+class TrainedGan:
+    """The outcome of training: the final generator network and the loss rows."""
+
+    net: DCGANGenerator  # the EMA's weights when ema > 0, BatchNorm recalibrated, eval mode
+    rows: list[list[float]]  # one per generator step, LOSS_COLUMNS
+    cfg: GanTrainConfig
+    image_size: int
+
+    def checkpoint(self) -> dict[str, Any]:
+        """``generator.pt``: a plain state_dict and a small config (loads weights_only)."""
+        return dcgan_checkpoint(self.net, self.image_size, train=asdict(self.cfg))
+
+    def losses_csv(self) -> str:
+        out = textio.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(LOSS_COLUMNS)
+        writer.writerows([int(r[0]), int(r[1]), *(f"{v:.6g}" for v in r[2:])]
+                         for r in self.rows)
+        return out.getvalue()
+
+    def losses_figure(self) -> Any:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        steps = [r[0] for r in self.rows]
+        k = max(1, len(self.rows) // 100)  # moving average over ~1 % of the run
+        for col, label in ((2, "critic loss"), (3, "generator loss"),
+                           (5, "Wasserstein estimate")):
+            ax.plot(steps, _smooth([r[col] for r in self.rows], k), label=label, lw=0.9)
+        ax.set_xlabel("generator step")
+        ax.set_title(f"WGAN-GP on the public split (moving average of {k})")
+        ax.legend()
+        return fig
+
+    def samples(self) -> torch.Tensor:
+        """Seeded samples for a grid; conditional with up to 16 classes: k x k, column j of
+        class j."""
+        cfg = self.cfg
+        generator = Generator(copy.deepcopy(self.net), cfg.latent_dim, self.image_size,
+                              conditional=bool(cfg.num_classes), num_classes=cfg.num_classes)
+        n = cfg.num_classes ** 2 if 0 < cfg.num_classes <= 16 else 64
+        z = torch.randn(n, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
+        labels = torch.arange(n) % max(cfg.num_classes, 1)
+        device = generator.device
+        with torch.no_grad():
+            return generator(z.to(device), labels.to(device))
+
+
+def train_gan(public_images: torch.Tensor, cfg: GanTrainConfig, resume_path: str | Path,
               device: torch.device | str, log: Any = None,
               on_epoch_end: Callable[[int], None] | None = None,
-              public_labels: torch.Tensor | None = None) -> Path:
-    """Train on the public images (N, 3, H, W) in [-1, 1]; return ``out_dir/generator.pt``.
-    A conditional recipe (``cfg.num_classes`` > 0) also needs ``public_labels`` (N,).
+              public_labels: torch.Tensor | None = None) -> TrainedGan:
+    """Train on the public images (N, 3, H, W) in [-1, 1]. A conditional recipe
+    (``cfg.num_classes`` > 0) also needs ``public_labels`` (N,).
 
-    Writes ``generator.pt`` ({"generator": state_dict, "config": {...}}, loads with
-    ``weights_only=True``), ``losses.csv`` (one row per generator step), ``samples.png`` (64
-    samples) and ``losses.png``; ``resume.pt`` is rewritten after every epoch and removed at the
-    end. A rerun after a kill resumes from the last finished epoch when the settings and the
-    images are the same. ``on_epoch_end(epoch)`` runs after each epoch's checkpoint is saved."""
-    out_dir, device = Path(out_dir), torch.device(device)
+    Everything needed to resume is written to ``resume_path`` after every epoch; a rerun after
+    a kill resumes from the last finished epoch when the settings and the images are the same
+    (the caller removes the file once the outputs are safe). ``on_epoch_end(epoch)`` runs after
+    each epoch's checkpoint is saved."""
+    resume_path, device = Path(resume_path), torch.device(device)
     labels = None
     if cfg.num_classes:
         if public_labels is None or len(public_labels) != len(public_images):
@@ -269,7 +328,6 @@ def train_gan(public_images: torch.Tensor, cfg: GanTrainConfig, out_dir: str | P
         if int(labels.min()) < 0 or int(labels.max()) >= cfg.num_classes:
             raise ValueError(f"public labels must lie in [0, {cfg.num_classes}), found "
                              f"{int(labels.min())}..{int(labels.max())}")
-    resume_path = out_dir / RESUME_FILE
     fingerprint = data_fingerprint(public_images, labels)
     s = _State(cfg, device)
     if resume_path.exists():
@@ -297,28 +355,7 @@ def train_gan(public_images: torch.Tensor, cfg: GanTrainConfig, out_dir: str | P
     recalibrate_batchnorm(final, cfg.latent_dim, cfg.bn_recalibration, cfg.seed, device,
                           num_classes=cfg.num_classes)
     final.eval()
-    image_size = public_images.shape[-1]
-    io.save_torch(out_dir / "generator.pt", dcgan_checkpoint(final, image_size, train=asdict(cfg)))
-    io.write_text(out_dir / "losses.csv", _rows_csv(s.rows))
-    _plot_losses(s.rows, out_dir / "losses.png")
-    generator = Generator(copy.deepcopy(final), cfg.latent_dim, image_size,
-                          conditional=bool(cfg.num_classes), num_classes=cfg.num_classes)
-    # Conditional with up to 16 classes: a k x k grid whose columns are the k classes.
-    n = cfg.num_classes ** 2 if 0 < cfg.num_classes <= 16 else 64
-    z = torch.randn(n, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
-    grid_labels = torch.arange(n) % max(cfg.num_classes, 1)
-    with torch.no_grad():
-        io.save_image(out_dir / "samples.png", generator(z.to(device), grid_labels.to(device)))
-    resume_path.unlink(missing_ok=True)
-    return out_dir / "generator.pt"
-
-
-def _rows_csv(rows: list[list[float]]) -> str:
-    out = textio.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(LOSS_COLUMNS)
-    writer.writerows([int(r[0]), int(r[1]), *(f"{v:.6g}" for v in r[2:])] for r in rows)
-    return out.getvalue()
+    return TrainedGan(final, s.rows, cfg, public_images.shape[-1])
 
 
 def _smooth(values: list[float], k: int) -> list[float]:
@@ -327,23 +364,6 @@ def _smooth(values: list[float], k: int) -> list[float]:
         acc += v - (values[i - k] if i >= k else 0.0)
         out.append(acc / min(i + 1, k))
     return out
-
-
-def _plot_losses(rows: list[list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    steps = [r[0] for r in rows]
-    k = max(1, len(rows) // 100)  # moving average over ~1 % of the run
-    for col, label in ((2, "critic loss"), (3, "generator loss"), (5, "Wasserstein estimate")):
-        ax.plot(steps, _smooth([r[col] for r in rows], k), label=label, lw=0.9)
-    ax.set_xlabel("generator step")
-    ax.set_title(f"WGAN-GP on the public split (moving average of {k})")
-    ax.legend()
-    io.save_figure(path, fig)
 
 
 # --- quality check -------------------------------------------------------------------------
@@ -372,16 +392,14 @@ def _probabilities(clf: nn.Module, images: torch.Tensor, device: torch.device) -
 def quality_check(generator: Generator, public_images: torch.Tensor,
                   public_labels: torch.Tensor, private_images: torch.Tensor,
                   private_labels: torch.Tensor | None = None,
-                  out_path: str | Path | None = None, device: torch.device | str = "cpu",
+                  device: torch.device | str = "cpu",
                   seed: int = 0, n_samples: int = 2000, *, num_classes: int | None = None,
-                  classifier_epochs: int = 15, extra: dict[str, Any] | None = None
-                  ) -> dict[str, Any]:
+                  classifier_epochs: int = 15) -> dict[str, Any]:
     """How recognisable the generator's samples are, judged by a classifier of the public split.
 
     ``sample_confidence`` (mean top-class probability on ``n_samples`` samples) near
     ``real_confidence`` (the same on the private images) means samples as recognisable as
-    real images; ``classes_covered`` below the number of classes shows mode collapse. Writes
-    the dict (plus ``extra``) to ``out_path`` (quality.json) when given."""
+    real images; ``classes_covered`` below the number of classes shows mode collapse."""
     device = torch.device(device)
     num_classes = int(num_classes or int(public_labels.max()) + 1)
     gen = torch.Generator().manual_seed(derive_seed(seed, "quality-check"))
@@ -433,6 +451,4 @@ def quality_check(generator: Generator, public_images: torch.Tensor,
         "convention": "confidence = mean over images of the classifier's top softmax "
                       "probability; the classifier is a small CNN trained on the public split",
     }
-    if out_path is not None:
-        io.write_json(out_path, {**quality, **(extra or {})})
     return quality

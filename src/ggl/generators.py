@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ggl import io
-from ggl.registry import Registry
+from ggl.config import Params
+from ggl.plugins import Registry
 
 # --- the paper's 32x32 WGAN-GP networks -----------------------------------------------------
 
@@ -153,6 +154,15 @@ def load_generator(kind: str, checkpoint: str | Path | None, device: torch.devic
         built = Generator(built, options["latent_dim"], options["image_size"],
                           stand_in=None if checkpoint else f"{kind} without checkpoint")
     return built.to(device)
+
+
+def build_generator(params: Params, checkpoint: str | Path | None,
+                    device: torch.device | str) -> Generator:
+    """The generator params describe, with its weights from ``checkpoint``."""
+    g = params.generator
+    return load_generator(g.kind, checkpoint, device, image_size=params.data.image_size,
+                          latent_dim=g.latent_dim, width=g.width, conditional=g.conditional,
+                          num_classes=params.data.num_classes, seed=params.seed)
 
 
 def dcgan_checkpoint(net: DCGANGenerator, image_size: int, **extra: Any) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ggl.errors import GglError
+
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision checks the 8 hex digits against its SHA-256
 
@@ -73,7 +75,7 @@ def fetch_vgg16_weights() -> Path:
     try:
         torch.hub.load_state_dict_from_url(VGG16_URL, check_hash=True, progress=True)
     except Exception as exc:  # offline: URLError, socket errors, ...
-        raise RuntimeError(
+        raise GglError(
             f"could not download the VGG16 weights LPIPS needs ({exc}). On a machine with "
             f"internet access run `ggl fetch-lpips`, or download {VGG16_URL} and place it at "
             f"{path} (its SHA-256 starts with 397923af)") from exc
@@ -88,7 +90,7 @@ class Lpips:
 
         self.stand_in = not vgg16_weights_path().exists()
         if self.stand_in and not allow_stand_in:
-            raise RuntimeError(
+            raise GglError(
                 f"LPIPS needs torchvision's ImageNet VGG16 weights at {vgg16_weights_path()}; "
                 f"they are missing and this experiment does not allow the random-backbone "
                 f"stand-in (metrics.lpips_stand_in: false). Run `ggl fetch-lpips` on a machine "

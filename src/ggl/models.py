@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ggl.config import ModelConfig
-from ggl.registry import Registry
+from ggl.plugins import Registry
 
 MODELS: Registry = Registry("model")
 

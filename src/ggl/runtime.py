@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import random
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-DEVICES = ("auto", "cpu", "cuda")
+from ggl.errors import GglError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -18,17 +16,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device: {name!r} was asked for but no CUDA GPU is visible; "
+        raise GglError(f"device: {name!r} was asked for but no CUDA GPU is visible; "
                            "use 'auto' or 'cpu'")
     return torch.device(name)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return a torch.Generator for explicit use."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def derive_seed(*parts: object) -> int:
@@ -39,17 +29,17 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def get_logger(stage: str, log_dir: str | Path | None = "logs") -> logging.Logger:
-    """A logger that writes to stderr and to ``logs/<stage>.log``."""
-    logger = logging.getLogger(f"ggl.{stage}")
+def get_logger(name: str, path: str | Path | None = None) -> logging.Logger:
+    """A logger that writes to stderr and, when given, to the file ``path``."""
+    logger = logging.getLogger(f"ggl.{name}")
     if logger.handlers:
         return logger
     logger.setLevel(logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_dir is not None:
-        Path(log_dir).mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(Path(log_dir) / f"{stage}.log"))
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(path))
     for handler in handlers:
         handler.setFormatter(fmt)
         logger.addHandler(handler)

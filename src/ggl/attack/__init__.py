@@ -1,1 +1,16 @@
-"""The attacker's side: objective, label inference, optimisers, baselines."""
+"""The attacker's side: objective, label inference, optimisers, baselines.
+
+``ATTACKS`` maps params' ``method`` to an attack function; the built-in methods are
+registered here, a ``package.module:callable`` plugs in a user's own.
+"""
+
+from ggl.attack.baselines import LEARNS_LABEL, pixel_attack
+from ggl.attack.run import AttackFn, ggl_attack
+from ggl.plugins import Registry
+from ggl.settings import GGL_OPTIMISERS
+
+ATTACKS: Registry[AttackFn] = Registry("attack method")
+for _method, _optimiser in GGL_OPTIMISERS.items():
+    ATTACKS.register(_method)(ggl_attack(_optimiser))
+for _method, _learns in LEARNS_LABEL.items():
+    ATTACKS.register(_method)(pixel_attack(_learns))

@@ -17,32 +17,13 @@ budget is also the number of iterations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ggl.attack.objective import DISTANCES, trial_gradients
 from ggl.attack.optimisers import Tracker, lr_factor
-from ggl.attack.run import ATTACKS, AttackConfig, Attacker, Trial
+from ggl.attack.run import Attacker, Trial
 from ggl.defences import identity
-
-
-@dataclass(frozen=True)
-class PixelObjectiveConfig:
-    distance: str = "l2-sum"  # a key of ggl.attack.objective.DISTANCES
-    tv_weight: float = 0.0  # total variation prior
-    l2_weight: float = 0.0  # l2 image prior
-    adaptive: bool = False  # apply the same defence estimate as GGL
-
-
-@dataclass(frozen=True)
-class PixelOptimiserConfig:
-    optimiser: str = "lbfgs"  # lbfgs | adam
-    lr: float = 1.0
-    signed: bool = False  # Adam on the sign of the gradient (IG)
-    schedule: str = "none"  # none | step (decay at 3/8, 5/8, 7/8 of the budget, as IG)
-    clamp: bool = False  # keep the image in [-1, 1] after every step (IG, GI)
-    history_size: int = 100  # L-BFGS memory
+from ggl.settings import AttackConfig
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -106,10 +87,6 @@ def pixel_attack(learn_label: bool):
                     x.clamp_(-1, 1)
         image = tracker.best_z.clamp(-1, 1).cpu()
         return Trial(image, tracker.best_loss, tracker.evaluations, tracker.curve,
-                     extra={"iterations": iterations})
+                     info={"iterations": iterations})
 
     return attack
-
-
-for _method, _learns in LEARNS_LABEL.items():
-    ATTACKS.register(_method)(pixel_attack(_learns))

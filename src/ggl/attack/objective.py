@@ -9,7 +9,7 @@ a new one is one more entry.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ from ggl.attack.batched import (
     warn_fallback,
 )
 from ggl.defences import Estimate, Gradient, identity
+from ggl.settings import ObjectiveConfig
 
 # --- gradient distances: batched trial gradients (n, ...) against the received (...) -> (n,)
 
@@ -104,15 +105,6 @@ def trial_gradients(model: nn.Module, images: torch.Tensor, label: int | torch.T
 
 # --- the objective ---------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ObjectiveConfig:
-    distance: str = "l2-mean"  # a key of DISTANCES
-    regulariser: str = "kl"  # a key of REGULARISERS
-    reg_weight: float = 0.1  # the paper's lambda
-    adaptive: bool = True  # apply the defence estimate T-hat to every trial gradient
-    tanh: bool = False  # optimise x with z = tanh(x) (the authors' ImageNet optimisers)
-
-
 SCORERS = ("auto", "batched", "loop")
 
 
@@ -128,10 +120,6 @@ class Objective:
                  received: Sequence[torch.Tensor], label: int, estimate: Estimate,
                  cfg: ObjectiveConfig, scorer: str = "auto",
                  policy: Policy | None = None) -> None:
-        for name, table in (("distance", DISTANCES), ("regulariser", REGULARISERS)):
-            if getattr(cfg, name) not in table:
-                raise ValueError(f"objective.{name}: {getattr(cfg, name)!r} is not allowed; "
-                                 f"allowed are {', '.join(table)}")
         self.model, self.generate, self.label, self.cfg = model, generate, label, cfg
         self.received = list(received)
         self.transform = estimate.apply if cfg.adaptive else identity

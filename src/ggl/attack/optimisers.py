@@ -26,6 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ggl.settings import OPTIMISER_CONFIGS, AdamConfig, CMAESConfig, TurboConfig
+
 Objective = Callable[[torch.Tensor], torch.Tensor]  # (n, d) latents -> (n,) losses
 Progress = Callable[[int, float], None]  # (evaluations so far, best loss so far)
 CPU = torch.device("cpu")
@@ -118,23 +120,6 @@ def lr_factor(schedule: str, step: int, steps: int) -> float:
     return SCHEDULES[schedule](step, steps)
 
 
-@dataclass(frozen=True)
-class AdamConfig:
-    lr: float = 0.1
-    schedule: str = "none"  # none | warmup-cosine (ImageNet script) | step (CelebA script)
-    signed: bool = False  # step on the sign of the gradient (the CelebA script: True + step)
-    init_std: float = 1.0  # z0 ~ N(0, init_std^2 I)
-
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule {self.schedule!r}; allowed are {', '.join(SCHEDULES)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-
-    def bounds(self, dim: int) -> torch.Tensor | None:
-        return None  # unbounded
-
-
 def run_adam(objective: Objective, dim: int, budget: int, cfg: AdamConfig, seed: int,
              device: torch.device, progress: Progress | None = None) -> OptimiseResult:
     """Adam on the objective's gradient at batch 1: one step = one evaluation. The loss is
@@ -183,20 +168,6 @@ def run_ask_tell(opt: AskTell, objective: Objective, budget: int, device: torch.
 
 
 # --- CMA-ES --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CMAESConfig:
-    sigma0: float = 1.0
-    popsize: int = 50  # paper-like "batch size 50"; cma's own default for d = 128 is 18
-    init_std: float = 0.0  # x0 ~ N(0, init_std^2 I); 0: x0 = 0, the prior's mean
-
-    def __post_init__(self) -> None:
-        if self.popsize < 2 or not self.sigma0 > 0 or self.init_std < 0:
-            raise ValueError(f"need popsize >= 2, sigma0 > 0, init_std >= 0; got {self}")
-
-    def bounds(self, dim: int) -> torch.Tensor | None:
-        return None  # unbounded
-
 
 class CMAES:
     """The ``cma`` package's CMA-ES, told exactly once per full generation.
@@ -276,37 +247,6 @@ def sobol_design(n: int, dim: int, gen: torch.Generator) -> torch.Tensor:
 
 DESIGNS: dict[str, Callable[[int, int, torch.Generator], torch.Tensor]] = {
     "lhs": latin_hypercube, "sobol": sobol_design}
-
-
-@dataclass(frozen=True)
-class TurboConfig:
-    n_init: int = 256  # initial-design points per (re)start
-    batch_size: int = 10
-    bound: float = 2.0  # search box [-bound, bound]^d
-    length_init: float = 0.8  # trust-region side, in the unit cube mapped to the box
-    length_min: float = 0.5**7
-    length_max: float = 1.6
-    success_tolerance: int = 3
-    failure_tolerance: int = 0  # 0: ceil(max(4 / batch_size, d / batch_size)), as TuRBO
-    n_candidates: int = 5000  # Sobol candidates for Thompson sampling
-    fit_maxiter: int = 100  # L-BFGS-B iterations fitting the GP hyper-parameters
-    max_cholesky_size: int = 2000  # larger matrices: GPyTorch's Lanczos/CG, as TuRBO's code
-    design: str = "lhs"  # lhs (the paper) | sobol
-    init_chunk: int = 0  # initial design scored in calls of at most this many; 0: one call
-
-    def __post_init__(self) -> None:
-        if self.design not in DESIGNS:
-            raise ValueError(f"design {self.design!r}; allowed are {', '.join(DESIGNS)}")
-        if self.n_init < 2 or self.batch_size < 1 or self.n_candidates < self.batch_size:
-            raise ValueError("need n_init >= 2, batch_size >= 1, n_candidates >= batch_size")
-        if not 0 < self.length_min <= self.length_init <= self.length_max:
-            raise ValueError("need 0 < length_min <= length_init <= length_max")
-        if self.bound <= 0 or self.failure_tolerance < 0 or self.init_chunk < 0:
-            raise ValueError("need bound > 0, failure_tolerance >= 0, init_chunk >= 0")
-
-    def bounds(self, dim: int) -> torch.Tensor:
-        """(2, d): lower and upper corner of the search box."""
-        return torch.tensor([-self.bound, self.bound]).repeat_interleave(dim).view(2, dim)
 
 
 class Turbo:
@@ -441,13 +381,6 @@ def run_turbo(objective: Objective, dim: int, budget: int, cfg: TurboConfig, see
 
 Runner = Callable[..., OptimiseResult]
 OPTIMISERS: dict[str, Runner] = {"adam": run_adam, "cmaes": run_cmaes, "turbo": run_turbo}
-OPTIMISER_CONFIGS: dict[str, type] = {
-    "adam": AdamConfig, "cmaes": CMAESConfig, "turbo": TurboConfig}
-
-
-def bounds(config: Any, dim: int) -> torch.Tensor | None:
-    """The search box (2, d) an optimiser keeps its latents in, or None if unbounded."""
-    return config.bounds(dim)
 
 
 def minimise(method: str, objective: Objective, dim: int, budget: int, config: Any = None,

@@ -1,5 +1,1 @@
-"""The stage registry: one description of every stage, read by Snakemake and DVC alike."""
-
-from ggl.pipeline.registry import STAGE_KINDS, Stage, StageKind, all_stages
-
-__all__ = ["STAGE_KINDS", "Stage", "StageKind", "all_stages"]
+"""The pipeline: the stage registry and the import graph its code dependencies come from."""

@@ -1,147 +1,170 @@
-"""Every pipeline stage, described once: its command, inputs, params keys and outputs.
+"""Every pipeline stage, described once: the files it reads and writes, by name, its params
+keys, threads, resources, log and code.
 
-``dvc.yaml`` is generated from this table (``ggl dvc-yaml``) and the Snakemake rules in
-``workflow/rules/`` take their inputs, outputs, params and commands from it, so the two
-runners cannot disagree. A stage kind with wildcards (for example the gradient stage, one per
-defence) expands to one stage instance per value listed in params.
+``FILES`` names every file the pipeline writes as a path pattern. A stage kind lists the names
+it reads and writes; a placeholder its instance does not bind (``{image}``, or ``{defence}``
+for the metrics stage, which reads every defence) ranges over every value params give it. The
+Snakemake rules (one loop in the Snakefile), ``dvc.yaml`` (``ggl dvc-yaml``) and the ``ggl``
+subcommands are generated from ``STAGE_KINDS``, and a stage's code (``ggl.stages.<kind>``)
+gets its paths from a ``Files`` object that hands out exactly what was declared. The code a
+stage depends on is everything its module may import (``ggl.pipeline.imports``).
 
-Adding a stage = one more ``StageKind`` in ``STAGE_KINDS`` and one small rule file.
+Adding a stage = one ``StageKind`` here, its files in ``FILES`` and a module in ``ggl.stages``.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ggl.config import Params
+from ggl.pipeline.imports import closure
+from ggl.settings import GGL_OPTIMISERS
 
 Keys = dict[str, str]
 
 
-def data_dir(params: Params) -> str:
-    return f"data/{params.experiment}"
-
-
-def results_dir(params: Params) -> str:
-    return f"results/{params.experiment}"
-
-
-def split_outs(params: Params) -> list[str]:
-    return [f"{data_dir(params)}/{name}" for name in ("public.pt", "private.pt", "index.json")]
-
-
-def gradient_outs(params: Params, defence: str) -> list[str]:
-    folder = f"{results_dir(params)}/gradients/{defence}"
-    return [f"{folder}/{image}.{ext}" for image in params.image_ids() for ext in ("pt", "json")]
-
-
-def generator_outs(params: Params) -> list[str]:
-    folder = f"{results_dir(params)}/generator"
-    return [f"{folder}/{name}" for name in ("generator.pt", "losses.csv", "samples.png",
-                                            "losses.png")]
-
-
-BIGGAN_DIR = "data/biggan"  # shared by experiments: the published weights never change
-
-
-def biggan_outs(params: Params) -> list[str]:
-    from ggl.biggan import CONFIG_FILE, WEIGHTS_FILE
-
-    return [f"{BIGGAN_DIR}/{WEIGHTS_FILE}", f"{BIGGAN_DIR}/{CONFIG_FILE}"]
-
-
-def generator_checkpoint(params: Params) -> str | None:
-    """The file the attack stage loads the generator from (None for a plugin generator)."""
-    kind = params.generator.kind
-    if kind == "dcgan":
-        return generator_outs(params)[0]
-    if kind == "biggan-deep-256":
-        return biggan_outs(params)[0]
-    return None
-
-
-def quality_outs(params: Params) -> list[str]:
-    return [f"{results_dir(params)}/generator/quality.json"]
-
-
-def attack_outs(params: Params, defence: str, attack: str) -> list[str]:
-    from ggl.attack.run import ATTACK_FILES
-
-    folder = f"{results_dir(params)}/attacks/{defence}/{attack}"
-    return [f"{folder}/{image}/{name}" for image in params.image_ids() for name in ATTACK_FILES]
-
-
-def attack_deps(params: Params, defence: str, attack: str) -> list[str]:
-    """The received gradients (.pt only: never the client's truth) and the generator."""
-    received = gradient_outs(params, defence)[::2]
-    checkpoint = generator_checkpoint(params)
-    return [*received, *([checkpoint] if checkpoint else [])]
-
-
-def metrics_outs(params: Params) -> list[str]:
-    return [f"{results_dir(params)}/metrics.csv"]
-
-
-def metrics_deps(params: Params) -> list[str]:
-    """Every reconstruction, the clients' truths and the private split."""
-    from ggl.attack.run import ATTACK_FILES
-
-    wanted = {"reconstruction.pt", "result.json"}
-    recon = [out for d in params.defences for a in params.attacks
-             for out in attack_outs(params, d, a) if out.rsplit("/", 1)[1] in wanted]
-    truths = [out for d in params.defences for out in gradient_outs(params, d)[1::2]]
-    assert wanted <= set(ATTACK_FILES)
-    return [*recon, *truths, split_outs(params)[1]]
-
+# --- which tables and figures params ask for ------------------------------------------------
 
 def has_table2(params: Params) -> bool:
-    from ggl.report import GGL_ATTACKS
-
-    return "none" in params.defences and bool(set(GGL_ATTACKS) & set(params.attacks))
-
-
-def aggregate_outs(params: Params) -> list[str]:
-    base = results_dir(params)
-    tables = ["summary.csv", "table3.csv", "table3.md"]
-    tables += ["table2.csv", "table2.md"] if has_table2(params) else []
-    figures = [f"reconstructions_{i}.png" for i in params.image_ids()]
-    figures += ["psnr_db_pm1.png", "lpips.png", "ssim.png"]
-    figures += ["convergence.png"] if has_table2(params) else []
-    from ggl.report import defence_sweeps
-
-    figures += [f"sweep_{kind}.png" for kind in defence_sweeps(params)]
-    return [*(f"{base}/tables/{t}" for t in tables), *(f"{base}/figures/{f}" for f in figures),
-            f"{base}/summary.json"]
+    """Table 2 (and the convergence plot): GGL attacks, by method, without a defence."""
+    return "none" in params.defences and any(
+        cfg.method in GGL_OPTIMISERS for cfg in params.attacks.values())
 
 
-def aggregate_deps(params: Params) -> list[str]:
-    curves = [out for a in params.attacks for out in attack_outs(params, "none", a)
-              if out.endswith("curve.csv")] if "none" in params.defences else []
-    return [*metrics_outs(params), *metrics_deps(params), *curves]
+METRIC_PLOTS = ("psnr_db_pm1", "lpips", "ssim")  # one bar chart each
+
+VALUES: dict[str, Callable[[Params], list[str]]] = {
+    "experiment": lambda p: [p.experiment],
+    "defence": lambda p: list(p.defences),
+    "attack": lambda p: list(p.attacks),
+    "image": lambda p: p.image_ids(),
+    "sweep": lambda p: list(p.sweeps()),
+    "metric": lambda p: list(METRIC_PLOTS),
+}
 
 
-def lookup(raw: dict[str, Any], dotted: str) -> Any:
-    value: Any = raw
-    for part in dotted.split("."):
-        value = value[part]
-    return value
+# --- the files ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class File:
+    pattern: str
+    when: Callable[[Params], bool] | None = None  # only for some params
+    report: tuple[str, str] | None = None  # (caption in workflow/report/, category)
+
+    def placeholders(self) -> list[str]:
+        return [f for _, f, _, _ in string.Formatter().parse(self.pattern) if f]
+
+
+def _dcgan(params: Params) -> bool:
+    return params.generator.kind == "dcgan"
+
+
+def _biggan(params: Params) -> bool:
+    return params.generator.kind == "biggan-deep-256"
+
+
+GAN = "results/{experiment}/generator"
+RUN = "results/{experiment}/attacks/{defence}/{attack}/{image}"
+SAMPLES = ("generator_samples.rst", "Generator")
+TABLE = ("table.rst", "Tables")
+
+FILES: dict[str, File] = {
+    "public": File("data/{experiment}/public.pt"),
+    "private": File("data/{experiment}/private.pt"),
+    "index": File("data/{experiment}/index.json"),
+    # what the server receives, and the client's truth (for the metrics stage only)
+    "received": File("results/{experiment}/gradients/{defence}/{image}.pt"),
+    "truth": File("results/{experiment}/gradients/{defence}/{image}.json"),
+    "generator": File(f"{GAN}/generator.pt", _dcgan),
+    "gan_losses": File(f"{GAN}/losses.csv", _dcgan),
+    "gan_losses_plot": File(f"{GAN}/losses.png", _dcgan, SAMPLES),
+    "gan_samples": File(f"{GAN}/samples.png", _dcgan, SAMPLES),
+    "gan_resume": File(f"{GAN}/resume.pt", _dcgan),
+    "quality": File(f"{GAN}/quality.json", _dcgan, ("generator_quality.rst", "Generator")),
+    # shared by experiments: the published weights never change
+    "biggan_weights": File("data/biggan/biggan-deep-256-pytorch_model.bin", _biggan),
+    "biggan_config": File("data/biggan/biggan-deep-256-config.json", _biggan),
+    "reconstruction": File(f"{RUN}/reconstruction.pt"),
+    "reconstruction_png": File(f"{RUN}/reconstruction.png"),
+    "latent": File(f"{RUN}/latent.pt"),
+    "curve": File(f"{RUN}/curve.csv"),
+    "result": File(f"{RUN}/result.json"),
+    "metrics": File("results/{experiment}/metrics.csv"),
+    "metrics_conventions": File("results/{experiment}/metrics_conventions.json"),
+    "summary_csv": File("results/{experiment}/tables/summary.csv", report=TABLE),
+    "table3_csv": File("results/{experiment}/tables/table3.csv", report=TABLE),
+    "table3_md": File("results/{experiment}/tables/table3.md"),
+    "table2_csv": File("results/{experiment}/tables/table2.csv", has_table2, TABLE),
+    "table2_md": File("results/{experiment}/tables/table2.md", has_table2),
+    "grid": File("results/{experiment}/figures/reconstructions_{image}.png",
+                 report=("reconstructions.rst", "Reconstructions")),
+    "metric_plot": File("results/{experiment}/figures/{metric}.png",
+                        report=("metric.rst", "Metrics")),
+    "sweep_plot": File("results/{experiment}/figures/sweep_{sweep}.png",
+                       report=("sweep.rst", "Defence strength")),
+    "convergence": File("results/{experiment}/figures/convergence.png", has_table2,
+                        ("convergence.rst", "Convergence")),
+    "summary_json": File("results/{experiment}/summary.json"),  # `dvc metrics show`
+}
+
+
+def expand(name: str, params: Params, bound: Keys) -> list[str]:
+    """Every path of file ``name``: placeholders in ``bound`` fixed, the others ranging over
+    their values in params; [] when params do not have this file."""
+    file = FILES[name]
+    if file.when is not None and not file.when(params):
+        return []
+    free = [p for p in dict.fromkeys(file.placeholders()) if p not in bound]
+    return [file.pattern.format(**bound, **dict(zip(free, combo, strict=True)))
+            for combo in itertools.product(*(VALUES[p](params) for p in free))]
+
+
+# --- the stages -----------------------------------------------------------------------------
+
+def _always(params: Params) -> bool:
+    return True
 
 
 @dataclass(frozen=True)
 class StageKind:
-    """A family of stages; ``instances`` lists the wildcard values params ask for."""
+    """A family of stages, one instance per value of its wildcards in params."""
 
-    name: str
-    wildcards: tuple[str, ...]
-    instances: Callable[[Params], list[Keys]]
-    argv: Callable[..., list[str]]  # (**keys) -> CLI arguments after 'ggl <name>'
-    deps: Callable[..., list[str]]  # (params, **keys) -> files read
-    outs: Callable[..., list[str]]  # (params, **keys) -> files written
-    param_keys: Callable[..., list[str]]  # (**keys) -> dotted params keys read
-    code: tuple[str, ...] = ()  # modules of src/ggl whose change should re-run the stage
-    summary: str = ""
+    name: str  # the ggl subcommand; its code is the module ggl.stages.<name with '_'>
+    summary: str
+    inputs: tuple[str, ...]  # names in FILES
+    outputs: tuple[str, ...]
+    params: tuple[str, ...]  # dotted params keys read, e.g. "defences.{defence}"
+    wildcards: tuple[str, ...] = ()
+    when: Callable[[Params], bool] = _always
+    scratch: tuple[str, ...] = ()  # kept between attempts (resumption), gone when it succeeds
+    threads: int = 1  # a local run's; the SLURM profile sets a cluster's
+    resources: dict[str, int] = field(default_factory=dict)  # sized for the paper experiments
+    options: dict[str, str] = field(default_factory=dict)  # extra CLI --option: help (repeatable)
+
+    @property
+    def rule(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def module(self) -> str:
+        return f"ggl.stages.{self.rule}"
+
+    def instances(self, params: Params) -> list[Stage]:
+        if not self.when(params):
+            return []
+        values = [VALUES[w](params) for w in self.wildcards]
+        return [Stage(self, dict(zip(self.wildcards, combo, strict=True)))
+                for combo in itertools.product(*values)]
+
+    def log(self, experiment: str) -> str:
+        return "__".join([f"logs/{experiment}/{self.name}",
+                          *(f"{{{w}}}" for w in self.wildcards)]) + ".log"
 
 
 @dataclass(frozen=True)
@@ -153,118 +176,180 @@ class Stage:
     def name(self) -> str:
         return "__".join([self.kind.name, *self.keys.values()])
 
-    def command(self, params_file: str) -> str:
-        args = ["ggl", self.kind.name, "--params", params_file, *self.kind.argv(**self.keys)]
-        return " ".join(args)
+    def bound(self, params: Params) -> Keys:
+        return {"experiment": params.experiment, **self.keys}
+
+    def inputs(self, params: Params) -> dict[str, list[str]]:
+        return {n: expand(n, params, self.bound(params)) for n in self.kind.inputs}
+
+    def outputs(self, params: Params) -> dict[str, list[str]]:
+        return {n: expand(n, params, self.bound(params)) for n in self.kind.outputs}
+
+    def code(self) -> list[str]:
+        return closure(self.kind.module)
 
     def deps(self, params: Params) -> list[str]:
-        code = [f"src/ggl/{module}" for module in self.kind.code]
-        return [*self.kind.deps(params, **self.keys), *code]
+        return [*(p for paths in self.inputs(params).values() for p in paths), *self.code()]
 
     def outs(self, params: Params) -> list[str]:
-        return self.kind.outs(params, **self.keys)
+        return [p for paths in self.outputs(params).values() for p in paths]
+
+    def log(self, params: Params) -> str:
+        return self.kind.log(params.experiment).format(**self.keys)
 
     def param_keys(self) -> list[str]:
-        return self.kind.param_keys(**self.keys)
+        return [key.format(**self.keys) for key in self.kind.params]
 
     def param_values(self, params: Params) -> dict[str, Any]:
         return {key: lookup(params.raw, key) for key in self.param_keys()}
 
+    def command(self, params_file: str) -> str:
+        options = (f"--{w} {v}" for w, v in self.keys.items())
+        return " ".join(["ggl", self.kind.name, "--params", params_file, *options])
+
+    def files(self, params: Params) -> Files:
+        return Files(self, params)
+
+
+def lookup(raw: dict[str, Any], dotted: str) -> Any:
+    value: Any = raw
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+class UndeclaredFile(KeyError):
+    """A stage asked for a path its description does not declare."""
+
+
+@dataclass(frozen=True)
+class Files:
+    """The paths one stage instance reads and writes, handed out by name: asking for a file
+    the stage does not declare, or for a value params do not have, is an error, so the code
+    can only write what Snakemake and DVC expect."""
+
+    stage: Stage
+    params: Params
+
+    def input(self, name: str, **keys: str) -> Path:
+        return self._path(name, self.stage.kind.inputs, keys)
+
+    def output(self, name: str, **keys: str) -> Path:
+        return self._path(name, self.stage.kind.outputs, keys)
+
+    def scratch(self, name: str) -> Path:
+        return self._path(name, self.stage.kind.scratch, {})
+
+    def has(self, name: str) -> bool:
+        """Whether params have this file (e.g. Table 2 only with GGL attacks and no defence)."""
+        file = FILES[name]
+        return file.when is None or file.when(self.params)
+
+    def _path(self, name: str, declared: tuple[str, ...], keys: Keys) -> Path:
+        what = f"stage {self.stage.name}"
+        if name not in declared:
+            raise UndeclaredFile(f"{what} does not declare {name!r} here; it declares "
+                                 f"{', '.join(declared) or 'nothing'}")
+        if not self.has(name):
+            raise UndeclaredFile(f"{what}: params have no {name!r}")
+        bound = self.stage.bound(self.params)
+        free = {p for p in FILES[name].placeholders() if p not in bound}
+        if set(keys) != free:
+            raise UndeclaredFile(f"{what}: {name!r} takes {sorted(free)}, got {sorted(keys)}")
+        for key, value in keys.items():
+            if value not in VALUES[key](self.params):
+                raise UndeclaredFile(f"{what}: {key} {value!r} is not in params")
+        return Path(FILES[name].pattern.format(**bound, **keys))
+
+
+RESOURCES_GPU = {"gpu": 1}
 
 STAGE_KINDS: list[StageKind] = [
     StageKind(
         name="split",
-        wildcards=(),
-        instances=lambda params: [{}],
-        argv=lambda: [],
-        deps=lambda params: [],
-        outs=split_outs,
-        param_keys=lambda: ["experiment", "data"],
-        code=("data.py",),
         summary="load the dataset and write the seeded public/private split",
+        inputs=(),
+        outputs=("public", "private", "index"),
+        params=("experiment", "data"),
+        # decodes 182k CelebA JPEGs, or unpacks ImageNet val (6.4 GB)
+        resources={"runtime": 120, "mem_mb": 16000},
     ),
     StageKind(
         name="gradients",
+        summary="the client's defended gradient of each private image under one defence",
         wildcards=("defence",),
-        instances=lambda params: [{"defence": d} for d in params.defences],
-        argv=lambda defence: ["--defence", defence],
-        deps=lambda params, defence: split_outs(params)[1:],
-        outs=gradient_outs,
-        param_keys=lambda defence: ["experiment", "seed", "private_images", "model",
-                                    f"defences.{defence}"],
-        code=("client.py", "defences.py", "models.py"),
-        summary="the client's gradient of each private image under one defence",
+        inputs=("private",),
+        outputs=("received", "truth"),
+        params=("experiment", "seed", "private_images", "data.image_size", "data.num_classes",
+                "model", "defences.{defence}"),
+        # per image one backward pass; Soteria: 512 feature Jacobians
+        resources={"runtime": 120, "mem_mb": 8000},
     ),
     StageKind(
         name="train-gan",
-        wildcards=(),
-        instances=lambda params: [{}] if params.generator.kind == "dcgan" else [],
-        argv=lambda: [],
-        deps=lambda params: split_outs(params)[:1],  # the public split only
-        outs=generator_outs,
-        param_keys=lambda: ["experiment", "generator"],
-        code=("gan.py", "generators.py"),
         summary="WGAN-GP training of the generator on the public split",
-    ),
-    StageKind(
-        name="fetch-biggan",
-        wildcards=(),
-        instances=lambda params: [{}] if params.generator.kind == "biggan-deep-256" else [],
-        argv=lambda: [],
-        deps=lambda params: [],
-        outs=biggan_outs,
-        param_keys=lambda: ["generator.kind"],
-        code=("biggan.py",),
-        summary="download BigGAN-deep-256 and verify its SHA-256",
+        when=_dcgan,
+        inputs=("public",),  # the public split only
+        outputs=("generator", "gan_losses", "gan_samples", "gan_losses_plot"),
+        scratch=("gan_resume",),
+        params=("experiment", "generator", "data.num_classes"),
+        threads=8,  # Snakemake lowers this to --cores when fewer are given
+        # WGAN-GP, 100 epochs of 162,770 images, 5 critic steps; resumes after a kill
+        resources={**RESOURCES_GPU, "runtime": 720, "mem_mb": 32000},
     ),
     StageKind(
         name="gan-quality",
-        wildcards=(),
-        instances=lambda params: [{}] if params.generator.kind == "dcgan" else [],
-        argv=lambda: [],
-        deps=lambda params: [generator_outs(params)[0], *split_outs(params)[:2]],
-        outs=quality_outs,
-        param_keys=lambda: ["experiment", "generator", "seed"],
-        code=("gan.py",),
         summary="how recognisable the generator's samples are (a classifier's confidence)",
+        when=_dcgan,
+        inputs=("generator", "public", "private"),
+        outputs=("quality",),
+        params=("experiment", "generator", "seed", "data.image_size", "data.num_classes"),
+        # a small CPU classifier, 15 epochs of the public split
+        resources={"runtime": 240, "mem_mb": 32000},
+    ),
+    StageKind(
+        name="fetch-biggan",
+        summary="download BigGAN-deep-256 and verify its SHA-256",
+        when=_biggan,
+        inputs=(),
+        outputs=("biggan_weights", "biggan_config"),
+        params=("generator.kind",),
+        # downloads 0.25 GB: needs the internet (README: fetch on the login node)
+        resources={"runtime": 60, "mem_mb": 4000},
+        options={"sha256": "[FILE=]HASH to verify against (the weights' is not recorded yet: "
+                           "see ggl.biggan)"},
     ),
     StageKind(
         name="attack",
-        wildcards=("defence", "attack"),
-        instances=lambda params: [{"defence": d, "attack": a}
-                                  for d in params.defences for a in params.attacks],
-        argv=lambda defence, attack: ["--defence", defence, "--attack", attack],
-        deps=attack_deps,
-        outs=attack_outs,
-        param_keys=lambda defence, attack: ["experiment", "seed", "generator",
-                                            f"attacks.{attack}"],
-        code=("attack/run.py", "attack/objective.py", "attack/batched.py",
-              "attack/optimisers.py", "attack/baselines.py", "attack/labels.py", "defences.py",
-              "generators.py"),
         summary="invert every received gradient of one defence with one attack",
+        wildcards=("defence", "attack"),
+        # the received gradients (never the client's truth) and the generator
+        inputs=("received", "generator", "biggan_weights"),
+        outputs=("reconstruction", "reconstruction_png", "latent", "curve", "result"),
+        params=("experiment", "seed", "scorer", "data.image_size", "data.num_classes",
+                "generator", "attacks.{attack}"),
+        # all images of one (defence, attack); IG/GI at 224x224: 4 x 24,000 double-backward
+        # steps an image
+        resources={**RESOURCES_GPU, "runtime": 1440, "mem_mb": 32000},
     ),
     StageKind(
         name="metrics",
-        wildcards=(),
-        instances=lambda params: [{}],
-        argv=lambda: [],
-        deps=metrics_deps,
-        outs=metrics_outs,
-        param_keys=lambda: ["experiment", "model", "metrics", "private_images"],
-        code=("metrics.py", "report.py"),
         summary="join each reconstruction with its private image: MSE-I, PSNR, SSIM, LPIPS, "
                 "MSE-R",
+        inputs=("reconstruction", "result", "truth", "private"),
+        outputs=("metrics", "metrics_conventions"),
+        params=("experiment", "model", "data.num_classes", "metrics", "private_images"),
+        # LPIPS (VGG16) of every reconstruction, on the CPU
+        resources={"runtime": 120, "mem_mb": 16000},
     ),
     StageKind(
         name="aggregate",
-        wildcards=(),
-        instances=lambda params: [{}],
-        argv=lambda: [],
-        deps=aggregate_deps,
-        outs=aggregate_outs,
-        param_keys=lambda: ["experiment", "defences", "attacks", "private_images"],
-        code=("report.py",),
         summary="the paper's tables and figures from metrics.csv",
+        inputs=("metrics", "private", "reconstruction", "result", "curve"),
+        outputs=("summary_csv", "table3_csv", "table3_md", "table2_csv", "table2_md", "grid",
+                 "metric_plot", "sweep_plot", "convergence", "summary_json"),
+        params=("experiment", "defences", "attacks", "private_images"),
+        resources={"runtime": 30, "mem_mb": 8000},
     ),
 ]
 
@@ -277,8 +362,34 @@ def kind(name: str) -> StageKind:
 
 
 def all_stages(params: Params) -> list[Stage]:
-    return [Stage(k, keys) for k in STAGE_KINDS for keys in k.instances(params)]
+    return [stage for k in STAGE_KINDS for stage in k.instances(params)]
 
+
+# --- what Snakemake needs of a stage kind ----------------------------------------------------
+
+def rule_outputs(k: StageKind, params: Params, report: Callable[..., Any]) -> dict[str, list]:
+    """Named output patterns, Snakemake wildcards left in; report() marks what the report
+    shows, with its caption."""
+    wildcards = {w: f"{{{w}}}" for w in k.wildcards}
+    out = {}
+    for name in k.outputs:
+        paths = expand(name, params, {"experiment": params.experiment, **wildcards})
+        caption = FILES[name].report
+        out[name] = [report(p, caption=f"workflow/report/{caption[0]}", category=caption[1])
+                     for p in paths] if caption else paths
+    return out
+
+
+def rule_inputs(k: StageKind, params: Params, wildcards: Keys) -> dict[str, list[str]]:
+    stage = Stage(k, wildcards)
+    return {**stage.inputs(params), "code": stage.code()}
+
+
+def constraints(k: StageKind, params: Params) -> Keys:
+    return {w: "|".join(map(re.escape, VALUES[w](params))) for w in k.wildcards}
+
+
+# --- dvc.yaml -----------------------------------------------------------------------------
 
 def dvc_yaml(params: Params, params_file: str) -> dict[str, Any]:
     """The dvc.yaml document for one params file."""
@@ -321,6 +432,6 @@ def check_dvc_yaml(params: Params, params_file: str, path: str | Path) -> str | 
     if not path.exists():
         return f"{path} is missing; run `ggl dvc-yaml --params {params_file}`"
     if path.read_text() != expected:
-        return (f"{path} is stale (the stage registry or {params_file} changed); run "
-                f"`ggl dvc-yaml --params {params_file} --output {path}`")
+        return (f"{path} is stale (the stage registry, {params_file} or the code's imports "
+                f"changed); run `ggl dvc-yaml --params {params_file} --output {path}`")
     return None

@@ -10,6 +10,8 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from ggl.errors import GglError
+
 T = TypeVar("T", bound=Callable)
 
 PLUGIN_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -20,18 +22,18 @@ def is_plugin(name: str) -> bool:
 
 
 def import_callable(spec: str) -> Callable:
-    """Import ``package.module:callable``; raise a ValueError that says what went wrong."""
+    """Import ``package.module:callable``; raise a GglError that says what went wrong."""
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"cannot import module {module_name!r} named in {spec!r}: {exc}") from exc
+        raise GglError(f"cannot import module {module_name!r} named in {spec!r}: {exc}") from exc
     try:
         obj = getattr(module, attr)
     except AttributeError as exc:
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r} ({spec!r})") from exc
+        raise GglError(f"module {module_name!r} has no attribute {attr!r} ({spec!r})") from exc
     if not callable(obj):
-        raise ValueError(f"{spec!r} is not callable")
+        raise GglError(f"{spec!r} is not callable")
     return obj
 
 
@@ -66,6 +68,6 @@ class Registry(Generic[T]):
         if is_plugin(name):
             return import_callable(name)  # type: ignore[return-value]
         allowed = ", ".join(self.names())
-        raise ValueError(
+        raise GglError(
             f"unknown {self.kind} {name!r}: allowed are {allowed}, or 'package.module:callable'"
         )

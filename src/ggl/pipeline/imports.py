@@ -1,0 +1,58 @@
+"""The import graph of the ggl package, read from its source (module- and function-level
+imports alike): a stage's code is everything its module can import, and the graph must have
+no cycle (``tests/test_structure.py``)."""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/ggl
+SOURCE_ROOT = Path("src/ggl")  # the same folder, as the pipeline names it from the repository
+
+
+@cache
+def module_files() -> dict[str, Path]:
+    """ggl module name -> its source file."""
+    modules = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+@cache
+def import_graph() -> dict[str, frozenset[str]]:
+    """Module -> the ggl modules it names in any import statement, wherever it stands."""
+    modules = module_files()
+    return {name: frozenset(_imports(ast.parse(path.read_text(), str(path))) & set(modules)
+                            - {name}) for name, path in modules.items()}
+
+
+def _imports(node: ast.AST) -> set[str]:
+    """Every module an import statement under ``node`` names, except in ``if TYPE_CHECKING:``
+    blocks, which never run."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names}
+    if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        return {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+        children: list[ast.AST] = node.orelse
+    else:
+        children = list(ast.iter_child_nodes(node))
+    return set().union(*map(_imports, children))
+
+
+def closure(module: str) -> list[str]:
+    """The source files ``module`` may execute: its imports, theirs, and the packages
+    (``__init__.py``) on the way, as repository paths."""
+    graph, seen, todo = import_graph(), set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parents = [name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1)]
+        todo += [*graph[name], *parents]
+    return sorted(str(SOURCE_ROOT / module_files()[m].relative_to(PACKAGE_DIR)) for m in seen)

@@ -1,0 +1,181 @@
+"""What params' ``attacks.<name>`` may hold: each method's objective and optimiser settings.
+
+These dataclasses are the one validator of attack settings (the schema only says they are
+mappings): every field is typed, choices are ``Literal``s, ranges are checked in
+``__post_init__``, and ``ggl.config`` refuses a params entry that leaves a field out, so every
+setting that changes a result is written in the params file. Defaults are the paper's values,
+for use from Python. No torch here: validating params must stay cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+Distance = Literal["l2-mean", "l2-sum", "cosine"]  # ggl.attack.objective.DISTANCES
+Regulariser = Literal["kl", "norm", "none"]  # ggl.attack.objective.REGULARISERS
+Schedule = Literal["none", "warmup-cosine", "step"]  # ggl.attack.optimisers.SCHEDULES
+Design = Literal["lhs", "sobol"]  # ggl.attack.optimisers.DESIGNS
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _check_types(obj: Any) -> None:
+    """Each field holds its annotated type (an int is accepted for a float and stored as one;
+    a bool is no number) and a Literal field one of its values; else ValueError 'field: ...'."""
+    for f in fields(obj):
+        hint, value = _hints(type(obj))[f.name], getattr(obj, f.name)
+        if get_origin(hint) is Literal:
+            if value not in get_args(hint):
+                raise ValueError(f"{f.name}: {value!r} is not allowed; allowed are "
+                                 f"{', '.join(get_args(hint))}")
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if hint is float and number:
+            object.__setattr__(obj, f.name, float(value))
+            continue
+        valid = {bool: isinstance(value, bool), int: number and isinstance(value, int),
+                 float: False}
+        if not valid.get(hint, True):
+            raise ValueError(f"{f.name}: expected {hint.__name__}, got {value!r}")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+# --- GGL: the objective and the latent-space optimisers ---------------------------------------
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    distance: Distance = "l2-mean"
+    regulariser: Regulariser = "kl"
+    reg_weight: float = 0.1  # the paper's lambda
+    adaptive: bool = True  # apply the defence estimate T-hat to every trial gradient
+    tanh: bool = False  # optimise x with z = tanh(x) (the authors' ImageNet optimisers)
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self.reg_weight >= 0, f"reg_weight: must be >= 0, got {self.reg_weight}")
+
+
+@dataclass(frozen=True)
+class AdamConfig:
+    lr: float = 0.1
+    schedule: Schedule = "none"  # warmup-cosine: ImageNet script; step: CelebA script
+    signed: bool = False  # step on the sign of the gradient (the CelebA script: True + step)
+    init_std: float = 1.0  # z0 ~ N(0, init_std^2 I)
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self.lr > 0, f"lr: must be > 0, got {self.lr}")
+        _require(self.init_std >= 0, f"init_std: must be >= 0, got {self.init_std}")
+
+
+@dataclass(frozen=True)
+class CMAESConfig:
+    sigma0: float = 1.0
+    popsize: int = 50  # paper-like "batch size 50"; cma's own default for d = 128 is 18
+    init_std: float = 0.0  # x0 ~ N(0, init_std^2 I); 0: x0 = 0, the prior's mean
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self.sigma0 > 0, f"sigma0: must be > 0, got {self.sigma0}")
+        _require(self.popsize >= 2, f"popsize: must be >= 2, got {self.popsize}")
+        _require(self.init_std >= 0, f"init_std: must be >= 0, got {self.init_std}")
+
+
+@dataclass(frozen=True)
+class TurboConfig:
+    n_init: int = 256  # initial-design points per (re)start
+    batch_size: int = 10
+    bound: float = 2.0  # search box [-bound, bound]^d
+    length_init: float = 0.8  # trust-region side, in the unit cube mapped to the box
+    length_min: float = 0.5**7
+    length_max: float = 1.6
+    success_tolerance: int = 3
+    failure_tolerance: int = 0  # 0: ceil(max(4 / batch_size, d / batch_size)), as TuRBO
+    n_candidates: int = 5000  # Sobol candidates for Thompson sampling
+    fit_maxiter: int = 100  # L-BFGS-B iterations fitting the GP hyper-parameters
+    max_cholesky_size: int = 2000  # larger matrices: GPyTorch's Lanczos/CG, as TuRBO's code
+    design: Design = "lhs"  # lhs (the paper) | sobol
+    init_chunk: int = 0  # initial design scored in calls of at most this many; 0: one call
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self.n_init >= 2, f"n_init: must be >= 2, got {self.n_init}")
+        _require(self.batch_size >= 1, f"batch_size: must be >= 1, got {self.batch_size}")
+        _require(self.n_candidates >= self.batch_size,
+                 f"n_candidates: must be >= batch_size ({self.batch_size}), got "
+                 f"{self.n_candidates}")
+        _require(0 < self.length_min <= self.length_init <= self.length_max,
+                 "length_min: need 0 < length_min <= length_init <= length_max, got "
+                 f"{self.length_min}, {self.length_init}, {self.length_max}")
+        _require(self.bound > 0, f"bound: must be > 0, got {self.bound}")
+        for name in ("success_tolerance", "fit_maxiter", "max_cholesky_size"):
+            _require(getattr(self, name) >= 1, f"{name}: must be >= 1")
+        for name in ("failure_tolerance", "init_chunk"):
+            _require(getattr(self, name) >= 0, f"{name}: must be >= 0")
+
+
+# --- the pixel-space baselines --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PixelObjectiveConfig:
+    distance: Distance = "l2-sum"
+    tv_weight: float = 0.0  # total variation prior
+    l2_weight: float = 0.0  # l2 image prior
+    adaptive: bool = False  # apply the same defence estimate as GGL
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        for name in ("tv_weight", "l2_weight"):
+            _require(getattr(self, name) >= 0, f"{name}: must be >= 0")
+
+
+@dataclass(frozen=True)
+class PixelOptimiserConfig:
+    optimiser: Literal["lbfgs", "adam"] = "lbfgs"
+    lr: float = 1.0
+    signed: bool = False  # Adam on the sign of the gradient (IG)
+    schedule: Schedule = "none"  # step: decay at 3/8, 5/8, 7/8 of the budget, as IG
+    clamp: bool = False  # keep the image in [-1, 1] after every step (IG, GI)
+    history_size: int = 100  # L-BFGS memory
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self.lr > 0, f"lr: must be > 0, got {self.lr}")
+        _require(self.history_size >= 1, f"history_size: must be >= 1, got "
+                                          f"{self.history_size}")
+
+
+# --- the methods --------------------------------------------------------------------------
+
+GGL_OPTIMISERS = {"ggl-adam": "adam", "ggl-cmaes": "cmaes", "ggl-bo": "turbo"}
+OPTIMISER_CONFIGS: dict[str, type] = {
+    "adam": AdamConfig, "cmaes": CMAESConfig, "turbo": TurboConfig}
+# method -> (objective settings, optimiser settings); a plugin method takes its as given
+METHODS: dict[str, tuple[type, type]] = {
+    **{m: (ObjectiveConfig, OPTIMISER_CONFIGS[o]) for m, o in GGL_OPTIMISERS.items()},
+    **{m: (PixelObjectiveConfig, PixelOptimiserConfig) for m in ("dlg", "idlg", "ig", "gi")},
+}
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    method: str
+    trials: int  # independent restarts; the lowest final loss is kept
+    budget: int  # objective evaluations per trial
+    objective: Any = None  # the method's objective settings (a dict for a plugin method)
+    optimiser: Any = None  # its optimiser settings (likewise)
+
+    def __post_init__(self) -> None:
+        popsize = getattr(self.optimiser, "popsize", None)
+        if self.method == "ggl-cmaes" and popsize and self.budget < popsize:
+            raise ValueError(f"budget: {self.budget} is less than one generation "
+                             f"(optimiser.popsize = {popsize})")

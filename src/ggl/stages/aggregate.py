@@ -1,0 +1,67 @@
+"""Stage aggregate: the paper's tables and figures from metrics.csv."""
+
+from __future__ import annotations
+
+from logging import Logger
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ggl import io
+from ggl.config import Params
+from ggl.data import load_part
+from ggl.pipeline.registry import METRIC_PLOTS
+from ggl.report import (
+    check_complete,
+    convergence_plot,
+    ggl_attacks,
+    lpips_column,
+    metric_plot,
+    reconstruction_grid,
+    summarise,
+    summary_metrics,
+    sweep_plot,
+    tables,
+)
+
+if TYPE_CHECKING:
+    from ggl.pipeline.registry import Files
+
+
+def run(params: Params, files: Files, log: Logger) -> None:
+    frame = pd.read_csv(files.input("metrics"))
+    check_complete(frame, params)
+    summary = summarise(frame)
+    lpips = lpips_column(frame)
+    texts = tables(frame, summary)
+    for name in files.stage.kind.outputs:
+        if name in texts:
+            io.write_text(files.output(name), texts[name])
+    io.write_json(files.output("summary_json"), summary_metrics(summary, lpips))
+
+    images, _ = load_part(files.input("private"))
+    for index, image in zip(params.private_images, params.image_ids(), strict=True):
+        shown = {d: {a: io.load_torch(files.input("reconstruction", defence=d, attack=a,
+                                                  image=image)) for a in params.attacks}
+                 for d in params.defences}
+        io.save_figure(files.output("grid", image=image), reconstruction_grid(
+            images[index], shown, f"{params.experiment}: reconstructions of {image}"))
+    for metric in METRIC_PLOTS:
+        column = lpips if metric == "lpips" else metric
+        io.save_figure(files.output("metric_plot", metric=metric), metric_plot(frame, column))
+    for kind, strengths in params.sweeps().items():
+        io.save_figure(files.output("sweep_plot", sweep=kind),
+                       sweep_plot(frame, kind, strengths, lpips))
+    if files.has("convergence"):
+        curves = {attack: [_best_curve(files, attack, image) for image in params.image_ids()]
+                  for attack in ggl_attacks(frame)}
+        io.save_figure(files.output("convergence"), convergence_plot(curves, "none"))
+    log.info("tables and figures of %d runs", len(frame))
+
+
+def _best_curve(files: Files, attack: str, image: str) -> pd.DataFrame:
+    """The best trial's rows of one run's curve.csv, without a defence."""
+    run_files = {"defence": "none", "attack": attack, "image": image}
+    curve = pd.read_csv(files.input("curve", **run_files))
+    best = io.read_json(files.input("result", **run_files))["best_trial"]
+    return curve[curve["trial"] == best]
