@@ -42,8 +42,14 @@ def _per_candidate(scale: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return scale.view(-1, *([1] * (g.dim() - 1)))
 
 
+def clip_factor(norm: torch.Tensor, bound: float | torch.Tensor) -> torch.Tensor:
+    """What clipping to ``bound`` multiplies a gradient of this norm by (also the batched
+    scorer's, so the arithmetic exists once)."""
+    return torch.clamp(bound / (norm + CLIP_EPS), max=1.0)
+
+
 def clip_global(grads: Sequence[torch.Tensor], bound: float | torch.Tensor) -> Gradient:
-    factor = torch.clamp(bound / (global_norm(grads) + CLIP_EPS), max=1.0)
+    factor = clip_factor(global_norm(grads), bound)
     return [g * _per_candidate(factor, g) for g in grads]
 
 
@@ -53,7 +59,7 @@ def clip_per_layer(grads: Sequence[torch.Tensor],
         bounds = [bounds] * len(grads)
     out = []
     for g, norm, bound in zip(grads, layer_norms(grads), bounds, strict=True):
-        out.append(g * _per_candidate(torch.clamp(bound / (norm + CLIP_EPS), max=1.0), g))
+        out.append(g * _per_candidate(clip_factor(norm, bound), g))
     return out
 
 

@@ -46,12 +46,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ggl.defences import (
-    CLIP_EPS,
     ClipGlobal,
     ClipPerLayer,
     EstimateOp,
     MaskColumns,
     Prune,
+    clip_factor,
     mask_fc_columns,
 )
 
@@ -461,12 +461,11 @@ class BatchedScorer:
         for op in self.ops:
             if isinstance(op, ClipGlobal):
                 total = torch.sqrt(sum(norm_sq(i) for i in range(count)))
-                factor = torch.clamp(op.bound / (total + CLIP_EPS), max=1.0)
+                factor = clip_factor(total, op.bound)
                 scale = [factor if s is None else s * factor for s in scale]
             elif isinstance(op, ClipPerLayer):
                 bounds = op.bounds if isinstance(op.bounds, Sequence) else [op.bounds] * count
-                factors = [torch.clamp(b / (torch.sqrt(norm_sq(i)) + CLIP_EPS), max=1.0)
-                           for i, b in enumerate(bounds)]
+                factors = [clip_factor(torch.sqrt(norm_sq(i)), b) for i, b in enumerate(bounds)]
                 scale = [f if s is None else s * f for s, f in zip(scale, factors, strict=True)]
             elif isinstance(op, Prune):
                 k = [ki + (c > 0) for ki, c in zip(k, op.counts, strict=True)]
