@@ -16,7 +16,16 @@ from ggl.attack.batched import (
 )
 from ggl.attack.objective import DISTANCES, Objective, ObjectiveConfig, trial_gradients
 from ggl.config import DefenceStep, ModelConfig
-from ggl.defences import ClientContext, Estimate, apply_defence, estimate_defence
+from ggl.defences import (
+    ESTIMATES,
+    ClientContext,
+    Estimate,
+    apply_defence,
+    clip_global,
+    estimate_defence,
+    global_norm,
+    prune_smallest,
+)
 from ggl.generators import DCGANGenerator, Generator
 from ggl.models import build_model, fc_weight_index
 
@@ -226,12 +235,25 @@ def test_unsupported_models_fall_back_to_the_loop(net):
 def test_estimate_ops():
     received = [torch.randn(3, 2), torch.randn(3)]
     assert Estimate().ops == ()
-    assert Estimate(lambda g: g).ops is None
     assert estimate_defence(received, (), 0).ops == ()
     assert estimate_defence(received, (DefenceStep("noise", {"sigma": 0.1}),), 0).ops == ()
     both = estimate_defence(received, (DefenceStep("clipping", {"bound": 1.0}),
                                        DefenceStep("sparsification", {"rate": 50.0})), 0)
     assert [type(op).__name__ for op in both.ops] == ["ClipGlobal", "Prune"]
+
+
+def test_composed_estimate_is_the_steps_ops_in_order():
+    received = [torch.randn(3, 2), torch.randn(3)]
+    received[0][0] = 0
+    steps = (DefenceStep("clipping", {"bound": 1.0}), DefenceStep("noise", {"sigma": 0.1}),
+             DefenceStep("sparsification", {"rate": 50.0}))
+    composed = estimate_defence(received, steps, 0)
+    each = [ESTIMATES.get(s.kind)(received, 0, **s.settings) for s in steps]
+    assert composed.ops == tuple(op for e in each for op in e.ops)
+    trial = [torch.randn(4, *r.shape) for r in received]
+    bound = global_norm([r[None] for r in received])[0]
+    expected = prune_smallest(clip_global(trial, bound), [2, 0])
+    assert all(torch.equal(a, b) for a, b in zip(composed.apply(trial), expected, strict=True))
 
 
 def test_policy_can_keep_sparsification_on_the_loop_silently(resnet, recwarn):

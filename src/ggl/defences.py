@@ -42,8 +42,14 @@ def _per_candidate(scale: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return scale.view(-1, *([1] * (g.dim() - 1)))
 
 
+def clip_factor(norm: torch.Tensor, bound: float | torch.Tensor) -> torch.Tensor:
+    """What clipping to ``bound`` multiplies a gradient of this norm by (also the batched
+    scorer's, so the arithmetic exists once)."""
+    return torch.clamp(bound / (norm + CLIP_EPS), max=1.0)
+
+
 def clip_global(grads: Sequence[torch.Tensor], bound: float | torch.Tensor) -> Gradient:
-    factor = torch.clamp(bound / (global_norm(grads) + CLIP_EPS), max=1.0)
+    factor = clip_factor(global_norm(grads), bound)
     return [g * _per_candidate(factor, g) for g in grads]
 
 
@@ -53,7 +59,7 @@ def clip_per_layer(grads: Sequence[torch.Tensor],
         bounds = [bounds] * len(grads)
     out = []
     for g, norm, bound in zip(grads, layer_norms(grads), bounds, strict=True):
-        out.append(g * _per_candidate(torch.clamp(bound / (norm + CLIP_EPS), max=1.0), g))
+        out.append(g * _per_candidate(clip_factor(norm, bound), g))
     return out
 
 
@@ -164,63 +170,58 @@ def apply_defence(grads: Gradient, steps: Sequence[DefenceStep], ctx: ClientCont
 
 # --- the attacker's estimates (T-hat) ----------------------------------------------------
 
-Transform = Callable[[Gradient], Gradient]
-
-
-def identity(grads: Gradient) -> Gradient:
-    return list(grads)
-
-
-# The estimate as data: the same transform written as a sequence of the primitives above, so
-# that a batched scorer (ggl.attack.batched) can apply it to per-candidate norms and dot
-# products without materialising every candidate's gradient. ``apply`` stays the reference.
+# The estimate is data: a sequence of ops, each one of the primitives above. ``apply`` on each op
+# is the reference (one candidate at a time or batched); ggl.attack.batched reads the same ops
+# to apply them to per-candidate norms and dot products without materialising every gradient.
 
 @dataclass(frozen=True)
 class ClipGlobal:
-    """``clip_global(g, bound)``."""
-
     bound: float | torch.Tensor
+
+    def apply(self, grads: Gradient) -> Gradient:
+        return clip_global(grads, self.bound)
 
 
 @dataclass(frozen=True)
 class ClipPerLayer:
-    """``clip_per_layer(g, bounds)``, one bound per parameter tensor."""
+    bounds: tuple[float | torch.Tensor, ...]  # one per parameter tensor
 
-    bounds: tuple[float | torch.Tensor, ...]
+    def apply(self, grads: Gradient) -> Gradient:
+        return clip_per_layer(grads, self.bounds)
 
 
 @dataclass(frozen=True)
 class Prune:
-    """``prune_smallest(g, counts)``."""
+    counts: tuple[int, ...]  # one per parameter tensor
 
-    counts: tuple[int, ...]
+    def apply(self, grads: Gradient) -> Gradient:
+        return prune_smallest(grads, self.counts)
 
 
 @dataclass(frozen=True)
 class MaskColumns:
-    """``mask_fc_columns(g, mask, index)``."""
-
     mask: torch.Tensor
-    index: int
+    index: int  # of the fc weight
+
+    def apply(self, grads: Gradient) -> Gradient:
+        return mask_fc_columns(grads, self.mask, self.index)
 
 
 EstimateOp = ClipGlobal | ClipPerLayer | Prune | MaskColumns
 
 
-@dataclass
+@dataclass(frozen=True)
 class Estimate:
-    """T-hat: the attacker's estimate of the defence, applied to batched trial gradients.
+    """T-hat: the attacker's estimate of the defence, as ops applied in order (``()``: the
+    identity) to batched trial gradients."""
 
-    ``ops`` describes ``apply`` as primitives (``()`` for the identity); None when it cannot
-    (a plugin's estimate), and then only ``apply`` may be used."""
-
-    apply: Transform = identity
+    ops: tuple[EstimateOp, ...] = ()
     values: dict[str, Any] = field(default_factory=dict)  # what was estimated, for the logs
-    ops: tuple[EstimateOp, ...] | None = None
 
-    def __post_init__(self) -> None:
-        if self.ops is None and self.apply is identity:
-            self.ops = ()
+    def apply(self, grads: Gradient) -> Gradient:
+        for op in self.ops:
+            grads = op.apply(grads)
+        return grads
 
 
 EstimateFn = Callable[..., Estimate]
@@ -236,12 +237,10 @@ def estimate_clipping(received: Gradient, fc_index: int, per_layer: bool = False
                       **_secret: Any) -> Estimate:
     """S-hat is the received gradient's norm (global, or per layer for layer-wise clipping)."""
     if per_layer:
-        bounds = [n[0] for n in layer_norms(_received(received))]
-        return Estimate(lambda g: clip_per_layer(g, bounds),
-                        {"bounds": [float(b) for b in bounds]}, (ClipPerLayer(tuple(bounds)),))
+        bounds = tuple(n[0] for n in layer_norms(_received(received)))
+        return Estimate((ClipPerLayer(bounds),), {"bounds": [float(b) for b in bounds]})
     bound = global_norm(_received(received))[0]
-    return Estimate(lambda g: clip_global(g, bound), {"bound": float(bound)},
-                    (ClipGlobal(bound),))
+    return Estimate((ClipGlobal(bound),), {"bound": float(bound)})
 
 
 @ESTIMATES.register("sparsification")
@@ -249,17 +248,15 @@ def estimate_sparsification(received: Gradient, fc_index: int, **_secret: Any) -
     """Prune each trial tensor to as many zeros as the received tensor has."""
     counts = [int((g == 0).sum()) for g in received]
     rate = 100 * sum(counts) / sum(g.numel() for g in received)
-    return Estimate(lambda g: prune_smallest(g, counts), {"rate": rate, "counts": counts},
-                    (Prune(tuple(counts)),))
+    return Estimate((Prune(tuple(counts)),), {"rate": rate, "counts": counts})
 
 
 @ESTIMATES.register("soteria")
 def estimate_soteria(received: Gradient, fc_index: int, **_secret: Any) -> Estimate:
     """The mask is the set of non-zero columns of the received fc weight gradient."""
     mask = received[fc_index].ne(0).any(dim=0)
-    return Estimate(lambda g: mask_fc_columns(g, mask, fc_index),
-                    {"pruned_features": int((~mask).sum()), "features": mask.numel()},
-                    (MaskColumns(mask, fc_index),))
+    return Estimate((MaskColumns(mask, fc_index),),
+                    {"pruned_features": int((~mask).sum()), "features": mask.numel()})
 
 
 @ESTIMATES.register("noise")
@@ -269,19 +266,10 @@ def estimate_noise(received: Gradient, fc_index: int, **_secret: Any) -> Estimat
 
 
 def estimate_defence(received: Gradient, steps: Sequence[DefenceStep], fc_index: int) -> Estimate:
-    """Compose the estimates of every step, in the defence's order. A plugin defence without
-    an estimate (no entry in ESTIMATES) is treated as the identity."""
+    """Compose the estimates of every step, in the defence's order: their ops concatenated. A
+    plugin defence without an estimate (no entry in ESTIMATES) is treated as the identity."""
     estimates = [ESTIMATES.get(s.kind)(received, fc_index, **s.settings)
                  if s.kind in ESTIMATES.names() else Estimate() for s in steps]
-
-    def apply(grads: Gradient) -> Gradient:
-        for est in estimates:
-            grads = est.apply(grads)
-        return grads
-
     values = {f"{i}.{s.kind}": e.values for i, (s, e) in enumerate(zip(steps, estimates,
                                                                         strict=True))}
-    ops: tuple[EstimateOp, ...] | None = ()
-    for est in estimates:
-        ops = None if ops is None or est.ops is None else ops + est.ops
-    return Estimate(apply, values, ops)
+    return Estimate(tuple(op for e in estimates for op in e.ops), values)

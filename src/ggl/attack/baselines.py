@@ -22,7 +22,7 @@ import torch
 from ggl.attack.objective import DISTANCES, trial_gradients
 from ggl.attack.optimisers import Tracker, lr_factor
 from ggl.attack.run import Attacker, Trial
-from ggl.defences import identity
+from ggl.defences import Estimate
 from ggl.settings import AttackConfig
 
 
@@ -45,14 +45,14 @@ def pixel_attack(learn_label: bool):
         classes = attacker.received[attacker.fc_index].shape[0]
         label_logits = torch.randn(1, classes, generator=gen).to(device).requires_grad_(True)
         variables = [x, label_logits] if learn_label else [x]
-        transform = attacker.estimate.apply if obj.adaptive else identity
+        estimate = attacker.estimate if obj.adaptive else Estimate()
         distance = DISTANCES[obj.distance]
         tracker = Tracker()
 
         def loss_of(image: torch.Tensor) -> torch.Tensor:
             label = label_logits.softmax(1) if learn_label else attacker.label
             grads = trial_gradients(attacker.model, image, label, create_graph=True)
-            loss = distance(transform(grads), attacker.received)
+            loss = distance(estimate.apply(grads), attacker.received)
             if obj.tv_weight:
                 loss = loss + obj.tv_weight * total_variation(image)
             if obj.l2_weight:

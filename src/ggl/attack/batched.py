@@ -39,20 +39,18 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ggl.defences import (
-    CLIP_EPS,
     ClipGlobal,
     ClipPerLayer,
     EstimateOp,
     MaskColumns,
     Prune,
-    mask_fc_columns,
+    clip_factor,
 )
 
 # Distances the algebra knows (the keys of objective.DISTANCES); others fall back to the loop.
@@ -193,7 +191,9 @@ def _capture(model: nn.Module, layers: Sequence[_Layer], images: torch.Tensor,
 
 # --- per-candidate terms of one parameter tensor ----------------------------------------------
 
-Struct = list[tuple[str, Any]]  # entry-wise ops on one tensor, in order: prune k | mask m
+# One tensor's entry-wise ops, in order: the estimate's Prune and MaskColumns ops restricted to
+# that tensor, i.e. ops on a one-tensor gradient.
+Struct = list[Prune | MaskColumns]
 Terms = dict[str, torch.Tensor]  # N<k>: ||.||^2 after k entry-wise ops; D, E, G: see _Need
 
 
@@ -251,11 +251,9 @@ def _prune(g: torch.Tensor, k: int) -> torch.Tensor:
     return (flat * keep).view_as(g)
 
 
-def _apply_struct(g: torch.Tensor, op: tuple[str, Any]) -> torch.Tensor:
-    kind, arg = op
-    if kind == "prune":
-        return _prune(g, arg)
-    return mask_fc_columns([g], arg, 0)[0]
+def _apply_struct(g: torch.Tensor, op: Prune | MaskColumns) -> torch.Tensor:
+    """``op.apply([g])[0]``, pruning with the faster exact selection (the same result)."""
+    return _prune(g, op.counts[0]) if isinstance(op, Prune) else op.apply([g])[0]
 
 
 def _sq(g: torch.Tensor) -> torch.Tensor:
@@ -311,7 +309,7 @@ def _weight_terms(layer: _Layer, a: torch.Tensor, delta: torch.Tensor, y: torch.
     # A column mask on a linear weight is a mask on the layer's input features: no need to
     # materialise for it. Anything else entry-wise (pruning) needs the entries.
     plain = not need.struct or (layer.kind == "linear" and all(
-        kind == "mask" and arg.numel() == d for kind, arg in need.struct))
+        isinstance(op, MaskColumns) and op.mask.numel() == d for op in need.struct))
     if need.mode == "keep" or not plain or T * T * (d + c) >= policy.ghost_ratio * d * c:
         parts = []
         if layer.kind == "conv" and policy.conv_kernel:
@@ -328,8 +326,8 @@ def _weight_terms(layer: _Layer, a: torch.Tensor, delta: torch.Tensor, y: torch.
             parts.append(_reduce(torch.bmm(dl, u.transpose(1, 2)).view(-1, *y.shape), y, need))
         return _cat(parts)
     masks: list[torch.Tensor | None] = [None]  # the product of the masks after each prefix
-    for _, arg in need.struct:
-        masks.append(arg if masks[-1] is None else masks[-1] & arg)
+    for op in need.struct:
+        masks.append(op.mask if masks[-1] is None else masks[-1] & op.mask)
     last = len(need.struct)
     prefixes = need.prefixes | {last}
     norms: dict[int, list[torch.Tensor]] = {k: [] for k in prefixes}
@@ -403,9 +401,9 @@ class BatchedScorer:
             elif isinstance(op, Prune):
                 for i, k in enumerate(op.counts):
                     if k > 0:
-                        structs[i].append(("prune", k))
+                        structs[i].append(Prune((k,)))
             elif isinstance(op, MaskColumns):
-                structs[op.index].append(("mask", op.mask))
+                structs[op.index].append(MaskColumns(op.mask, 0))
             else:
                 raise Unsupported(f"estimate op {op!r}")
         scaled = any(isinstance(op, ClipGlobal | ClipPerLayer) for op in self.ops)
@@ -461,12 +459,11 @@ class BatchedScorer:
         for op in self.ops:
             if isinstance(op, ClipGlobal):
                 total = torch.sqrt(sum(norm_sq(i) for i in range(count)))
-                factor = torch.clamp(op.bound / (total + CLIP_EPS), max=1.0)
+                factor = clip_factor(total, op.bound)
                 scale = [factor if s is None else s * factor for s in scale]
             elif isinstance(op, ClipPerLayer):
                 bounds = op.bounds if isinstance(op.bounds, Sequence) else [op.bounds] * count
-                factors = [torch.clamp(b / (torch.sqrt(norm_sq(i)) + CLIP_EPS), max=1.0)
-                           for i, b in enumerate(bounds)]
+                factors = [clip_factor(torch.sqrt(norm_sq(i)), b) for i, b in enumerate(bounds)]
                 scale = [f if s is None else s * f for s, f in zip(scale, factors, strict=True)]
             elif isinstance(op, Prune):
                 k = [ki + (c > 0) for ki, c in zip(k, op.counts, strict=True)]

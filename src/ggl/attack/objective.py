@@ -23,7 +23,7 @@ from ggl.attack.batched import (
     verify,
     warn_fallback,
 )
-from ggl.defences import Estimate, Gradient, identity
+from ggl.defences import Estimate, Gradient
 from ggl.settings import ObjectiveConfig
 
 # --- gradient distances: batched trial gradients (n, ...) against the received (...) -> (n,)
@@ -122,13 +122,12 @@ class Objective:
                  policy: Policy | None = None) -> None:
         self.model, self.generate, self.label, self.cfg = model, generate, label, cfg
         self.received = list(received)
-        self.transform = estimate.apply if cfg.adaptive else identity
+        self.estimate = estimate if cfg.adaptive else Estimate()
         self.distance = DISTANCES[cfg.distance]
         self.regulariser = REGULARISERS[cfg.regulariser]
         if scorer not in SCORERS:
             raise ValueError(f"scorer: {scorer!r} is not allowed; allowed are {', '.join(SCORERS)}")
         self.scorer = scorer
-        self.ops = estimate.ops if cfg.adaptive else ()
         self.policy = policy
         self._batched: BatchedScorer | None = None
         self._batched_state = "unset"  # unset | on | off
@@ -145,10 +144,8 @@ class Objective:
         if self._batched_state == "unset":
             self._batched_state = "off"
             try:
-                if self.ops is None:
-                    raise Unsupported("the defence estimate is not expressed as primitives")
-                scorer = BatchedScorer(self.model, self.received, self.ops, self.cfg.distance,
-                                       self.active_policy(images.device))
+                scorer = BatchedScorer(self.model, self.received, self.estimate.ops,
+                                       self.cfg.distance, self.active_policy(images.device))
                 probe = images[:1].detach()
                 problem = verify(scorer, probe, self.targets(probe),
                                  trial_gradients(self.model, probe, self.label))
@@ -183,8 +180,8 @@ class Objective:
         # One candidate at a time, each reduced at once: holding every candidate's gradient
         # (n copies of the model's size) only cost memory and time.
         return torch.cat([
-            self.distance(self.transform(trial_gradients(self.model, image[None], self.label,
-                                                         create_graph=create_graph)),
+            self.distance(self.estimate.apply(trial_gradients(self.model, image[None], self.label,
+                                                              create_graph=create_graph)),
                           self.received) for image in images])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
