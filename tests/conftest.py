@@ -59,3 +59,11 @@ def tiny_params(**overrides) -> dict:
 @pytest.fixture
 def default_raw() -> dict:
     return repo_params()
+
+
+def run_stage(params, name: str, **keys: str) -> None:
+    """Run one stage's code as `ggl <name>` does, in the current directory."""
+    from ggl.cli import run_stage as run
+    from ggl.pipeline.registry import Stage, kind
+
+    run(Stage(kind(name), keys), params)

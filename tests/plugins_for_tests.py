@@ -31,3 +31,20 @@ def blobs(cfg):
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(60, 3, cfg.image_size, cfg.image_size, generator=gen) * 2 - 1
     return images, torch.arange(60) % cfg.num_classes
+
+
+def stand_in_dcgan(checkpoint, **options):
+    """A user's generator: here the DCGAN's seeded random-weight stand-in (no training)."""
+    from ggl.generators import build_dcgan
+
+    return build_dcgan(None, **{**options, "conditional": False})
+
+
+class _Broken(TinyNet):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("broken on purpose")
+
+
+def broken_net(num_classes: int, width: int) -> nn.Module:
+    """A user's model with a bug: its error must reach the user with its traceback."""
+    return _Broken(num_classes, width)

@@ -5,24 +5,25 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import shutil
 
 import pytest
 import torch
-from conftest import tiny_params
+from conftest import run_stage, tiny_params
 
-from ggl.attack.run import ATTACKS, Attacker, attack_config, run_attack
-from ggl.client import gradient_paths, run_gradients
-from ggl.config import Params, ParamsError
-from ggl.data import load_dataset, write_split
-from ggl.generators import load_generator
+from ggl.attack import ATTACKS
+from ggl.attack.run import Attacker
+from ggl.config import Params, ParamsError, attack_config
 from ggl.pipeline.registry import all_stages
 
 
 @pytest.fixture(scope="module")
 def received(tmp_path_factory):
-    """Tiny params and their received gradients (no defence, sparsification) on disk."""
+    """Tiny params and their received gradients (no defence, sparsification) on disk; the
+    tests run in that folder. No generator was trained: the attacks use its stand-in."""
     root = tmp_path_factory.mktemp("attack")
     raw = tiny_params()
+    raw["generator"]["kind"] = "plugins_for_tests:stand_in_dcgan"
     raw["defences"] = {"none": [], "sparsification": [{"kind": "sparsification", "rate": 90.0}]}
     raw["generator"]["latent_dim"] = 16
     raw["generator"]["width"] = 4
@@ -33,17 +34,24 @@ def received(tmp_path_factory):
                                                  fit_maxiter=10)
     raw["attacks"]["ggl-adam"]["trials"] = 2
     params = Params.from_raw(raw)
-    write_split(load_dataset(params.data), params.data, root / "data")
-    for defence in params.defences:
-        run_gradients(params, defence, root / "data", root / "results")
-    return params, root
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        run_stage(params, "split")
+        for defence in params.defences:
+            run_stage(params, "gradients", defence=defence)
+        yield params, root
 
 
 def _attack(params, root, defence, attack, out, scorer="auto"):
-    generator = load_generator("dcgan", None, "cpu", image_size=32, latent_dim=16, width=4)
-    files = {i: gradient_paths(root / "results", defence, i)[0] for i in params.image_ids()}
-    return run_attack(files, defence, attack, params.attacks[attack], generator,
-                      generator.info(), params.seed, out, torch.device("cpu"), scorer)
+    """Run the attack stage; move its image folders to ``out``; return them."""
+    if scorer != params.scorer:
+        params = Params.from_raw({**params.raw, "scorer": scorer})
+    run_stage(params, "attack", defence=defence, attack=attack)
+    folders = []
+    for image in params.image_ids():
+        folders.append(out / image)
+        shutil.move(root / f"results/tiny/attacks/{defence}/{attack}/{image}", folders[-1])
+    return folders
 
 
 @pytest.mark.parametrize("attack", ["ggl-adam", "ggl-cmaes", "ggl-bo"])
@@ -94,11 +102,13 @@ def test_the_attacker_never_gets_the_private_image(received):
     assert not {"image", "images", "private"} & {f.name for f in dataclasses.fields(Attacker)}
     for method in ATTACKS.names():
         assert not {"image", "truth"} & set(inspect.signature(ATTACKS.get(method)).parameters)
-    for stage in all_stages(params):
+    trained = Params.from_raw({**params.raw, "generator": tiny_params()["generator"]})
+    for stage in all_stages(trained):
         if stage.kind.name == "attack":
-            deps = stage.deps(params)
+            deps = stage.deps(trained)
             assert not any("private" in d or d.endswith(".json") for d in deps), deps
             assert any(d.endswith("generator.pt") for d in deps)
+            assert set(stage.kind.inputs) == {"received", "generator", "biggan_weights"}
 
 
 def test_bad_attack_settings_name_the_key():

@@ -7,10 +7,11 @@ import torch
 from conftest import tiny_params
 from torch import nn
 
+from ggl.attack import ATTACKS
 from ggl.attack.labels import infer_label
 from ggl.attack.objective import DISTANCES, trial_gradients
-from ggl.attack.run import ATTACKS, Attacker, attack_config, best_of_trials
-from ggl.config import ModelConfig
+from ggl.attack.run import Attacker, best_of_trials
+from ggl.config import ModelConfig, attack_config
 from ggl.metrics import psnr_pm1
 from ggl.models import build_model, fc_weight_index
 
@@ -44,7 +45,8 @@ def test_dlg_recovers_the_image_from_a_small_fully_connected_model():
     torch.manual_seed(0)
     model = SmallFC()
     image = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    best, _ = best_of_trials(_attacker(model, image, 4), _cfg("dlg", 300, trials=2), seed=0)
+    best, _ = best_of_trials(ATTACKS.get("dlg"), _attacker(model, image, 4),
+                             _cfg("dlg", 300, trials=2), seed=0)
     assert psnr_pm1(best.image[None], image)[0] > 30
 
 
@@ -59,10 +61,11 @@ def resnet():
 @pytest.mark.parametrize("method", ["dlg", "idlg", "ig", "gi"])
 def test_each_baseline_lowers_its_objective(resnet, method):
     model, image = resnet
-    best, trials = best_of_trials(_attacker(model, image, 7), _cfg(method, 40), seed=0)
+    best, trials = best_of_trials(ATTACKS.get(method), _attacker(model, image, 7),
+                                  _cfg(method, 40), seed=0)
     start = trials[0].curve[0][1]
     assert best.loss < 0.5 * start
-    assert best.evaluations == 40 and best.extra["iterations"] == 40
+    assert best.evaluations == 40 and best.info["iterations"] == 40
     assert best.image.shape == (3, 32, 32) and best.image.abs().max() <= 1
 
 

@@ -24,8 +24,8 @@ def test_digits_split_is_seeded_disjoint_and_complete(tmp_path):
     assert not pub & priv and len(pub | priv) == 1797
     other = load_dataset(dataclasses.replace(DIGITS, split_seed=1))
     assert not torch.equal(a.private_images, other.private_images)
-    write_split(a, DIGITS, tmp_path)
-    images, labels = load_part(tmp_path, "private")
+    write_split(a, DIGITS, *(tmp_path / name for name in ("public.pt", "private.pt", "i.json")))
+    images, labels = load_part(tmp_path / "private.pt")
     assert images.min() >= -1 and images.max() <= 1 and images.min() < -0.9
     assert torch.equal(labels, a.private_labels) and set(labels.tolist()) == set(range(10))
 

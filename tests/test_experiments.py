@@ -19,13 +19,13 @@ import yaml
 from conftest import REPO, tiny_params
 
 from ggl.config import Params, load_params
-from ggl.pipeline.registry import all_stages, dvc_yaml
+from ggl.pipeline.registry import STAGE_KINDS, all_stages, dvc_yaml
 
 EXPERIMENTS = REPO / "workflow" / "experiments"
 EXPERIMENT_FILES = sorted(EXPERIMENTS.glob("*.yaml"))
 PAPER_EXPERIMENTS = ("celeba32", "imagenet224")
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm" / "profile.yaml"
-GPU_RULES = {"train_gan", "attack"}  # the rules declaring resources gpu=1
+GPU_RULES = {k.rule for k in STAGE_KINDS if k.resources.get("gpu")}  # train_gan, attack
 SLURM_ENV = ("GGL_SLURM_PARTITION", "GGL_SLURM_GPU_PARTITION", "GGL_SLURM_ACCOUNT")
 
 
@@ -105,8 +105,7 @@ def test_paper_experiments_use_the_papers_settings(name):
 
 
 def test_celeba32_trains_the_papers_wgan_gp():
-    from ggl.cli import gan_config
-    from ggl.gan import PAPER_RECIPE
+    from ggl.gan import PAPER_RECIPE, gan_config
 
     params = load_params(EXPERIMENTS / "celeba32.yaml")
     assert params.generator.kind == "dcgan"
@@ -220,9 +219,10 @@ def test_slurm_profile_sizes_every_rule_and_asks_gpus_for_gpu_rules(workflow_cop
         for rule, lines in dry_run_resources(out.stdout).items():
             found.setdefault(rule, []).extend(lines)
     rules = set(found) - {"all"}
-    assert rules == set(profile["set-resources"]) == set(profile["set-threads"])
+    assert rules == set(profile["set-threads"]) == {k.rule for k in STAGE_KINDS}
+    assert set(profile["set-resources"]) == GPU_RULES == {"train_gan", "attack"}
     for rule in rules:
-        sizes = profile["set-resources"][rule]
+        sizes = next(k.resources for k in STAGE_KINDS if k.rule == rule)  # the registry's
         for line in found[rule]:
             items = dict(item.split("=", 1) for item in line.split(", "))
             assert items["runtime"] == str(sizes["runtime"]), (rule, line)

@@ -11,6 +11,7 @@ from torch import nn
 
 from ggl import io
 from ggl.biggan import BIGGAN_DEEP_256
+from ggl.errors import GglError
 from ggl.generators import (
     GENERATORS,
     DCGANCritic,
@@ -81,7 +82,7 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path):
     z = torch.randn(4, 16)
     with torch.no_grad():
         assert torch.allclose(g(z), net(z))
-    with pytest.raises(ValueError, match="width 4"):
+    with pytest.raises(GglError, match="width 4"):
         load_generator("dcgan", path, "cpu", image_size=32, latent_dim=16, width=8)
 
 
@@ -135,5 +136,5 @@ def test_recorded_biggan_256_config_is_the_packages_converter_config():
 
 
 def test_missing_biggan_weights_say_how_to_get_them(tmp_path):
-    with pytest.raises(FileNotFoundError, match="fetch-biggan"):
+    with pytest.raises(GglError, match="fetch-biggan"):
         load_generator("biggan-deep-256", tmp_path / "absent.bin", "cpu", image_size=224)

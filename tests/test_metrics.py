@@ -7,13 +7,14 @@ import math
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_params
+from conftest import run_stage, tiny_params
 from skimage.metrics import peak_signal_noise_ratio
 
 from ggl.config import ModelConfig, Params
+from ggl.errors import GglError, MissingRunError
 from ggl.metrics import Lpips, evaluate, psnr_01, psnr_pm1, ssim
 from ggl.models import build_model
-from ggl.report import MissingRunError, check_complete, run_metrics
+from ggl.report import check_complete
 
 
 @pytest.fixture(scope="module")
@@ -56,35 +57,39 @@ def test_stand_in_lpips_is_labelled_and_refused_where_params_forbid_it(lpips_met
     if not lpips_metric.stand_in:
         pytest.skip("real VGG16 weights are present on this machine")
     assert lpips_metric.column == "lpips_vgg_stand_in"
-    with pytest.raises(RuntimeError, match="ggl fetch-lpips"):
+    with pytest.raises(GglError, match="ggl fetch-lpips"):
         Lpips(allow_stand_in=False)
 
 
-def test_missing_runs_are_named(tmp_path):
+def test_missing_runs_are_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     params = Params.from_raw(tiny_params())
     with pytest.raises(MissingRunError, match="none/ggl-adam/img0"):
-        run_metrics(params, tmp_path, tmp_path, torch.device("cpu"))
+        run_stage(params, "metrics")
     partial = pd.DataFrame([{"defence": "none", "attack": "ggl-adam", "image_id": "img0"}])
     with pytest.raises(MissingRunError, match="none/ggl-adam/img1"):
         check_complete(partial, params)
 
 
 def test_a_defence_strength_sweep_gets_its_plot(tmp_path):
-    from ggl.pipeline.registry import aggregate_outs
-    from ggl.report import defence_sweeps, sweep_plot
+    from ggl import io
+    from ggl.pipeline.registry import kind
+    from ggl.report import sweep_plot
 
     raw = tiny_params()
     raw["defences"] = {"none": [], **{f"soteria-{r}": [{"kind": "soteria", "rate": float(r)}]
                                       for r in (20, 50, 80)},
                        "noise": [{"kind": "noise", "sigma": 0.01}]}
     params = Params.from_raw(raw)
-    sweeps = defence_sweeps(params)
+    sweeps = params.sweeps()
     assert sweeps == {"soteria": {"soteria-20": 20.0, "soteria-50": 50.0, "soteria-80": 80.0,
                                   "none": 0.0}}  # one noise level is no sweep
-    assert any(out.endswith("figures/sweep_soteria.png") for out in aggregate_outs(params))
+    (aggregate,) = kind("aggregate").instances(params)
+    assert "results/tiny/figures/sweep_soteria.png" in aggregate.outs(params)
     frame = pd.DataFrame([{"defence": d, "attack": a, "image_id": i, "psnr_db_pm1": s / 10,
                            "lpips_vgg": 1 - s / 100}
                           for d, s in sweeps["soteria"].items() for a in ("dlg", "ggl-adam")
                           for i in ("img0", "img1")])
-    path = sweep_plot(frame, "soteria", sweeps["soteria"], "lpips_vgg", tmp_path / "s.png")
+    path = io.save_figure(tmp_path / "s.png",
+                          sweep_plot(frame, "soteria", sweeps["soteria"], "lpips_vgg"))
     assert path.stat().st_size > 0

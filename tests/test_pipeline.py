@@ -1,4 +1,5 @@
-"""Snakemake and DVC run the same stages from the one registry, and stay in step."""
+"""Snakemake and DVC run the same stages from the one registry, and stay in step; the stages'
+code writes exactly the files the registry declares."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, tiny_params
+from conftest import REPO, run_stage, tiny_params
 
 from ggl.config import load_params
 from ggl.pipeline.registry import all_stages, check_dvc_yaml
@@ -69,7 +70,9 @@ def project(tmp_path_factory) -> Path:
     shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     shutil.copy(REPO / ".gitignore", root)
     raw = tiny_params()
-    raw["attacks"] = {k: raw["attacks"][k] for k in ("ggl-adam", "ggl-cmaes", "idlg")}
+    # a GGL attack under a name of the user's: tables and figures go by its method
+    raw["attacks"] = {"ggl-adam": raw["attacks"]["ggl-adam"],
+                      "my-cmaes": raw["attacks"]["ggl-cmaes"], "idlg": raw["attacks"]["idlg"]}
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     run(["ggl", "dvc-yaml"], root)
     run(["git", "init", "-q"], root)
@@ -79,12 +82,32 @@ def project(tmp_path_factory) -> Path:
     return root
 
 
-def test_snakemake_writes_the_split_and_every_defended_gradient(project):
+def written(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for folder in ("data", "results")
+            for p in (root / folder).rglob("*") if p.is_file()}
+
+
+def test_the_stages_write_exactly_the_files_the_registry_declares(project):
     params = load_params(project / "params.yaml")
-    for stage in all_stages(params):
-        for out in stage.outs(params):
-            assert (project / out).is_file(), out
-    assert summary_outputs(project) == dvc_outs(project / "dvc.yaml")
+    declared = {out for stage in all_stages(params) for out in stage.outs(params)}
+    assert written(project) == declared  # nothing undeclared (no resume.pt left), none missing
+    assert summary_outputs(project) == declared == dvc_outs(project / "dvc.yaml")
+
+
+def test_an_attack_is_in_table_2_and_the_convergence_plot_by_its_method(project, monkeypatch):
+    table2 = (project / "results/tiny/tables/table2.md").read_text()
+    assert "my-cmaes" in table2 and "ggl-adam" in table2 and "idlg" not in table2
+    import ggl.stages.aggregate as aggregate
+
+    figures = {}
+    monkeypatch.setattr(aggregate.io, "save_figure",
+                        lambda path, fig: figures.setdefault(Path(path).name, fig))
+    monkeypatch.setattr(aggregate.io, "write_text", lambda path, text: path)
+    monkeypatch.setattr(aggregate.io, "write_json", lambda path, obj: path)
+    monkeypatch.chdir(project)
+    run_stage(load_params(project / "params.yaml"), "aggregate")
+    legend = [t.get_text() for t in figures["convergence.png"].axes[0].get_legend().get_texts()]
+    assert legend == ["ggl-adam", "my-cmaes"]
 
 
 def test_dvc_repro_after_snakemake_does_nothing(project):
@@ -107,16 +130,16 @@ def test_changing_one_defence_reruns_only_its_stages(project):
         raw["defences"]["noise"][0]["sigma"] = 0.02
 
     ran = _repro_after(project, change)
-    assert ran == {"gradients__noise", "attack__noise__ggl-adam", "attack__noise__ggl-cmaes",
+    assert ran == {"gradients__noise", "attack__noise__ggl-adam", "attack__noise__my-cmaes",
                    "attack__noise__idlg", "metrics", "aggregate"}
 
 
 def test_changing_the_cmaes_population_reruns_only_cmaes(project):
     def change(raw):
-        raw["attacks"]["ggl-cmaes"]["optimiser"]["popsize"] = 6
+        raw["attacks"]["my-cmaes"]["optimiser"]["popsize"] = 6
 
     ran = _repro_after(project, change)
-    assert ran == {f"attack__{d}__ggl-cmaes" for d in ("none", "noise", "clipping")} | {
+    assert ran == {f"attack__{d}__my-cmaes" for d in ("none", "noise", "clipping")} | {
         "metrics", "aggregate"}
 
 

@@ -168,14 +168,14 @@ def _beside(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
 
-def download(name: str, url: str, final: Path, expected: str | None,
+def download(name: str, url: str, dest: Mapping[str, Path], expected: str | None,
              opener: Opener = _urlopen) -> Path:
-    """Download one file (``name``: which of the two); it reaches ``final`` only when whole
-    and verified.
+    """Download file ``name`` to ``dest[name]``, reached only when whole and verified.
 
     A whole download that cannot be verified because no hash is known is kept beside it as
     ``<final>.unverified`` (never at the final path) so that a rerun with its hash needs no
     second download."""
+    final = dest[name]
     kept = _beside(final, ".unverified")
     try:
         with io.atomic_path(final) as tmp:  # renamed onto `final` only if this block succeeds
@@ -194,7 +194,7 @@ def download(name: str, url: str, final: Path, expected: str | None,
                                     f"not the expected file (nothing written at {final})")
     except (urllib.error.URLError, OSError) as exc:  # offline, DNS, HTTP errors, disk
         raise DownloadError(f"could not download {url} ({exc}).\n"
-                            + offline_help({name: final})) from exc
+                            + offline_help(dest)) from exc
     return final
 
 
@@ -232,6 +232,6 @@ def fetch_biggan(weights: Path, config: Path, sha256: Mapping[str, str] | None =
                 log.info("%s: verified the kept download, no new download", final)
                 continue
             kept.unlink()
-        download(name, url, final, expected, opener)
+        download(name, url, dest, expected, opener)
         log.info("%s: downloaded and verified", final)
     return dest[WEIGHTS_FILE]

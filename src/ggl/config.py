@@ -77,6 +77,8 @@ def validate(raw: Any, source: str = "params") -> None:
     messages = [_describe(e) for e in errors if e.validator not in ("if", "allOf")]
     if not messages:
         messages = _cross_checks(raw)
+    if len(messages) == 1:
+        raise ParamsError(f"{source} is invalid: {messages[0]}")
     if messages:
         raise ParamsError(f"{source} is invalid:\n  " + "\n  ".join(messages))
 

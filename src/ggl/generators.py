@@ -20,6 +20,7 @@ from torch import nn
 
 from ggl import io
 from ggl.config import Params
+from ggl.errors import GglError
 from ggl.plugins import Registry
 
 # --- the paper's 32x32 WGAN-GP networks -----------------------------------------------------
@@ -192,7 +193,7 @@ def build_dcgan(checkpoint: str | Path | None, image_size: int = 32, latent_dim:
     saved = state["config"]
     found = (saved["latent_dim"], saved["width"], saved.get("num_classes", 0))
     if found != (latent_dim, width, classes):
-        raise ValueError(f"{checkpoint} holds a generator with latent_dim {found[0]}, width "
+        raise GglError(f"{checkpoint} holds a generator with latent_dim {found[0]}, width "
                          f"{found[1]} and {found[2]} classes (0 = unconditional), but params "
                          f"ask for {latent_dim}, {width} and {classes}: retrain it "
                          "(ggl train-gan) or fix generator settings")
@@ -283,12 +284,12 @@ def build_biggan(checkpoint: str | Path | None, image_size: int = 224, truncatio
     else:
         path = Path(checkpoint)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run `ggl fetch-biggan` (or see "
+            raise GglError(f"{path} is missing: run `ggl fetch-biggan` (or see "
                                     "ggl.biggan.fetch_biggan for a manual download)")
         state = torch.load(path, map_location="cpu", weights_only=True)
         result = biggan.load_state_dict(state, strict=False)
         if result.missing_keys:
-            raise ValueError(f"{path} lacks {len(result.missing_keys)} BigGAN-deep-256 tensors "
+            raise GglError(f"{path} lacks {len(result.missing_keys)} BigGAN-deep-256 tensors "
                              f"(e.g. {result.missing_keys[:3]}): not the expected weights")
         if result.unexpected_keys:
             warnings.warn(f"{path}: ignored {len(result.unexpected_keys)} unknown tensors "
