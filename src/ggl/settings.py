@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from functools import cache
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 Distance = Literal["l2-mean", "l2-sum", "cosine"]  # ggl.attack.objective.DISTANCES
 Regulariser = Literal["kl", "norm", "none"]  # ggl.attack.objective.REGULARISERS
@@ -44,54 +44,51 @@ def _check_types(obj: Any) -> None:
             raise ValueError(f"{f.name}: expected {hint.__name__}, got {value!r}")
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
+class _Settings:
+    """Checks types on construction (``_check_types``) and the lower bounds in ``LIMITS``:
+    field -> (">" or ">=", bound)."""
+
+    LIMITS: ClassVar[dict[str, tuple[str, float]]] = {}
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        for name, (op, low) in self.LIMITS.items():
+            value = getattr(self, name)
+            if not (value > low if op == ">" else value >= low):
+                raise ValueError(f"{name}: must be {op} {low}, got {value}")
 
 
 # --- GGL: the objective and the latent-space optimisers ---------------------------------------
 
 @dataclass(frozen=True)
-class ObjectiveConfig:
+class ObjectiveConfig(_Settings):
     distance: Distance = "l2-mean"
     regulariser: Regulariser = "kl"
     reg_weight: float = 0.1  # the paper's lambda
     adaptive: bool = True  # apply the defence estimate T-hat to every trial gradient
     tanh: bool = False  # optimise x with z = tanh(x) (the authors' ImageNet optimisers)
-
-    def __post_init__(self) -> None:
-        _check_types(self)
-        _require(self.reg_weight >= 0, f"reg_weight: must be >= 0, got {self.reg_weight}")
+    LIMITS = {"reg_weight": (">=", 0)}
 
 
 @dataclass(frozen=True)
-class AdamConfig:
+class AdamConfig(_Settings):
     lr: float = 0.1
     schedule: Schedule = "none"  # warmup-cosine: ImageNet script; step: CelebA script
     signed: bool = False  # step on the sign of the gradient (the CelebA script: True + step)
     init_std: float = 1.0  # z0 ~ N(0, init_std^2 I)
-
-    def __post_init__(self) -> None:
-        _check_types(self)
-        _require(self.lr > 0, f"lr: must be > 0, got {self.lr}")
-        _require(self.init_std >= 0, f"init_std: must be >= 0, got {self.init_std}")
+    LIMITS = {"lr": (">", 0), "init_std": (">=", 0)}
 
 
 @dataclass(frozen=True)
-class CMAESConfig:
+class CMAESConfig(_Settings):
     sigma0: float = 1.0
     popsize: int = 50  # paper-like "batch size 50"; cma's own default for d = 128 is 18
     init_std: float = 0.0  # x0 ~ N(0, init_std^2 I); 0: x0 = 0, the prior's mean
-
-    def __post_init__(self) -> None:
-        _check_types(self)
-        _require(self.sigma0 > 0, f"sigma0: must be > 0, got {self.sigma0}")
-        _require(self.popsize >= 2, f"popsize: must be >= 2, got {self.popsize}")
-        _require(self.init_std >= 0, f"init_std: must be >= 0, got {self.init_std}")
+    LIMITS = {"sigma0": (">", 0), "popsize": (">=", 2), "init_std": (">=", 0)}
 
 
 @dataclass(frozen=True)
-class TurboConfig:
+class TurboConfig(_Settings):
     n_init: int = 256  # initial-design points per (re)start
     batch_size: int = 10
     bound: float = 2.0  # search box [-bound, bound]^d
@@ -105,53 +102,41 @@ class TurboConfig:
     max_cholesky_size: int = 2000  # larger matrices: GPyTorch's Lanczos/CG, as TuRBO's code
     design: Design = "lhs"  # lhs (the paper) | sobol
     init_chunk: int = 0  # initial design scored in calls of at most this many; 0: one call
+    LIMITS = {"n_init": (">=", 2), "batch_size": (">=", 1), "bound": (">", 0),
+              "length_min": (">", 0), "success_tolerance": (">=", 1), "fit_maxiter": (">=", 1),
+              "max_cholesky_size": (">=", 1), "failure_tolerance": (">=", 0),
+              "init_chunk": (">=", 0)}
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _require(self.n_init >= 2, f"n_init: must be >= 2, got {self.n_init}")
-        _require(self.batch_size >= 1, f"batch_size: must be >= 1, got {self.batch_size}")
-        _require(self.n_candidates >= self.batch_size,
-                 f"n_candidates: must be >= batch_size ({self.batch_size}), got "
-                 f"{self.n_candidates}")
-        _require(0 < self.length_min <= self.length_init <= self.length_max,
-                 "length_min: need 0 < length_min <= length_init <= length_max, got "
-                 f"{self.length_min}, {self.length_init}, {self.length_max}")
-        _require(self.bound > 0, f"bound: must be > 0, got {self.bound}")
-        for name in ("success_tolerance", "fit_maxiter", "max_cholesky_size"):
-            _require(getattr(self, name) >= 1, f"{name}: must be >= 1")
-        for name in ("failure_tolerance", "init_chunk"):
-            _require(getattr(self, name) >= 0, f"{name}: must be >= 0")
+        super().__post_init__()
+        if self.n_candidates < self.batch_size:
+            raise ValueError(f"n_candidates: must be >= batch_size ({self.batch_size}), got "
+                             f"{self.n_candidates}")
+        if not self.length_min <= self.length_init <= self.length_max:
+            raise ValueError("length_min: need length_min <= length_init <= length_max, got "
+                             f"{self.length_min}, {self.length_init}, {self.length_max}")
 
 
 # --- the pixel-space baselines --------------------------------------------------------------
 
 @dataclass(frozen=True)
-class PixelObjectiveConfig:
+class PixelObjectiveConfig(_Settings):
     distance: Distance = "l2-sum"
     tv_weight: float = 0.0  # total variation prior
     l2_weight: float = 0.0  # l2 image prior
     adaptive: bool = False  # apply the same defence estimate as GGL
-
-    def __post_init__(self) -> None:
-        _check_types(self)
-        for name in ("tv_weight", "l2_weight"):
-            _require(getattr(self, name) >= 0, f"{name}: must be >= 0")
+    LIMITS = {"tv_weight": (">=", 0), "l2_weight": (">=", 0)}
 
 
 @dataclass(frozen=True)
-class PixelOptimiserConfig:
+class PixelOptimiserConfig(_Settings):
     optimiser: Literal["lbfgs", "adam"] = "lbfgs"
     lr: float = 1.0
     signed: bool = False  # Adam on the sign of the gradient (IG)
     schedule: Schedule = "none"  # step: decay at 3/8, 5/8, 7/8 of the budget, as IG
     clamp: bool = False  # keep the image in [-1, 1] after every step (IG, GI)
     history_size: int = 100  # L-BFGS memory
-
-    def __post_init__(self) -> None:
-        _check_types(self)
-        _require(self.lr > 0, f"lr: must be > 0, got {self.lr}")
-        _require(self.history_size >= 1, f"history_size: must be >= 1, got "
-                                          f"{self.history_size}")
+    LIMITS = {"lr": (">", 0), "history_size": (">=", 1)}
 
 
 # --- the methods --------------------------------------------------------------------------
