@@ -48,11 +48,11 @@ from ggl.attack.objective import (
     DISTANCES,
     REGULARISERS,
     Objective,
-    ObjectiveConfig,
 )
 from ggl.config import DefenceStep
 from ggl.defences import ClientContext, apply_defence, estimate_defence
 from ggl.models import fc_weight_index
+from ggl.settings import ObjectiveConfig
 
 ESTIMATES: dict[str, tuple[DefenceStep, ...]] = {
     "none": (),

@@ -14,7 +14,7 @@ from ggl.attack.batched import (
     default_policy,
     kth_smallest,
 )
-from ggl.attack.objective import DISTANCES, Objective, ObjectiveConfig, trial_gradients
+from ggl.attack.objective import DISTANCES, Objective, trial_gradients
 from ggl.config import DefenceStep, ModelConfig
 from ggl.defences import (
     ESTIMATES,
@@ -28,6 +28,7 @@ from ggl.defences import (
 )
 from ggl.generators import DCGANGenerator, Generator
 from ggl.models import build_model, fc_weight_index
+from ggl.settings import ObjectiveConfig
 
 STEPS = {
     "none": (),

@@ -9,7 +9,6 @@ from ggl.attack.objective import (
     DISTANCES,
     REGULARISERS,
     Objective,
-    ObjectiveConfig,
     kl_scalar,
     trial_gradients,
 )
@@ -17,6 +16,7 @@ from ggl.config import DefenceStep, ModelConfig
 from ggl.defences import estimate_defence
 from ggl.generators import DCGANGenerator, Generator
 from ggl.models import build_model, fc_weight_index
+from ggl.settings import ObjectiveConfig
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from ggl.attack import optimisers as opt
-from ggl.attack.optimisers import AdamConfig, CMAESConfig, TurboConfig, minimise
+from ggl.attack.optimisers import minimise
+from ggl.settings import AdamConfig, CMAESConfig, TurboConfig
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -110,8 +111,10 @@ def test_turbo_restarts_with_a_fresh_design_when_the_region_collapses():
     f = Counted()
     cfg = small_turbo(n_init=6, batch_size=3, failure_tolerance=1, length_min=0.3)
     result = minimise("turbo", f, 4, 45, cfg, seed=0)
-    assert result.info["restarts"] >= 1
-    assert f.sizes.count(6) == 1 + result.info["restarts"]  # one design per (re)start
+    designs, restarts = f.sizes.count(6), result.info["restarts"]
+    # one design per (re)start, scored fresh; a restart on the very last tell leaves its
+    # design unasked
+    assert designs >= 2 and designs in (restarts, restarts + 1)
     assert result.evaluations == f.evaluations == 45
 
 

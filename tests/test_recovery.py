@@ -4,7 +4,9 @@ A tiny setting where the truth is known exactly: the private image is G(z_true) 
 prior, the federated model a small CNN. Margins come from measurement (see the issue-4 note):
 with these budgets the optimisers reached 6-20 dB (PSNR, [-1, 1] convention) where random
 prior samples average 4.3-4.6 dB; the adaptive estimate gave +5 to +16 dB under
-sparsification 90 % and Soteria 80 %.
+sparsification 90 % and Soteria 80 %. Each image's attack has its own seed: TuRBO's mean
+over the three images ranged 5.7-9.0 dB at 120 evaluations and 7.0-10.7 dB at 200 across
+four seeds shared by all images, so one seed for all would test one draw's luck.
 """
 
 from __future__ import annotations
@@ -13,20 +15,21 @@ import pytest
 import torch
 from torch import nn
 
-from ggl.attack.objective import Objective, ObjectiveConfig, trial_gradients
-from ggl.attack.optimisers import AdamConfig, CMAESConfig, TurboConfig, minimise
+from ggl.attack.objective import Objective, trial_gradients
+from ggl.attack.optimisers import minimise
 from ggl.config import DefenceStep
 from ggl.defences import ClientContext, apply_defence, estimate_defence
 from ggl.generators import Generator
 from ggl.metrics import psnr_pm1
 from ggl.models import fc_weight_index
+from ggl.settings import AdamConfig, CMAESConfig, ObjectiveConfig, TurboConfig
 
 LATENT, LABEL, IMAGES = 16, 3, 3
 # lambda scaled to this model's gradients (matching losses ~1e-4): at the paper's 0.1 the KL
 # term dominates and every optimiser just returns an in-distribution latent.
 OBJECTIVE = ObjectiveConfig(reg_weight=1e-3)
 OPTIMISERS = {"adam": (AdamConfig(lr=0.05), 300), "cmaes": (CMAESConfig(popsize=20), 600),
-              "turbo": (TurboConfig(n_init=30, n_candidates=500, fit_maxiter=30), 120)}
+              "turbo": (TurboConfig(n_init=30, n_candidates=500, fit_maxiter=30), 200)}
 
 
 class Prior(nn.Module):
@@ -66,7 +69,7 @@ def setting():
     return model, prior, samples, truths
 
 
-def attack(setting, truth, steps, method="adam", adaptive=True) -> float:
+def attack(setting, truth, steps, method="adam", adaptive=True, seed=0) -> float:
     """PSNR of the reconstruction against the truth; the attacker sees only the gradient."""
     model, prior, _, _ = setting
     fc = fc_weight_index(model)
@@ -76,7 +79,8 @@ def attack(setting, truth, steps, method="adam", adaptive=True) -> float:
     objective = Objective(model, prior, received, LABEL, estimate_defence(received, steps, fc),
                           ObjectiveConfig(**{**OBJECTIVE.__dict__, "adaptive": adaptive}))
     cfg, budget = OPTIMISERS[method]
-    result = minimise(method, objective, LATENT, budget, cfg, seed=0, device=torch.device("cpu"))
+    result = minimise(method, objective, LATENT, budget, cfg, seed=seed,
+                      device=torch.device("cpu"))
     with torch.no_grad():
         return psnr_pm1(prior(result.best_z[None]), truth)[0]
 
@@ -84,7 +88,7 @@ def attack(setting, truth, steps, method="adam", adaptive=True) -> float:
 @pytest.mark.parametrize("method", sorted(OPTIMISERS))
 def test_each_optimiser_is_much_closer_than_random_prior_samples(setting, method):
     _, _, samples, truths = setting
-    ours = [attack(setting, truth, (), method) for truth in truths]
+    ours = [attack(setting, truth, (), method, seed=i) for i, truth in enumerate(truths)]
     chance = [torch.tensor(psnr_pm1(samples, truth.expand_as(samples))) for truth in truths]
     mean_chance = sum(float(c.mean()) for c in chance) / IMAGES
     p90_chance = sum(float(c.quantile(0.9)) for c in chance) / IMAGES
@@ -97,6 +101,8 @@ def test_each_optimiser_is_much_closer_than_random_prior_samples(setting, method
                          ids=["sparsification", "soteria"])
 def test_the_defence_estimate_costs_the_attack_less(setting, step):
     truths = setting[3]
-    adaptive = [attack(setting, truth, (step,), adaptive=True) for truth in truths]
-    blind = [attack(setting, truth, (step,), adaptive=False) for truth in truths]
+    adaptive = [attack(setting, truth, (step,), adaptive=True, seed=i)
+                for i, truth in enumerate(truths)]
+    blind = [attack(setting, truth, (step,), adaptive=False, seed=i)
+             for i, truth in enumerate(truths)]
     assert sum(adaptive) / IMAGES > sum(blind) / IMAGES + 3.0, (adaptive, blind)

@@ -26,17 +26,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ggl.runtime import derive_seed
 from ggl.settings import OPTIMISER_CONFIGS, AdamConfig, CMAESConfig, TurboConfig
 
 Objective = Callable[[torch.Tensor], torch.Tensor]  # (n, d) latents -> (n,) losses
 Progress = Callable[[int, float], None]  # (evaluations so far, best loss so far)
 CPU = torch.device("cpu")
-
-
-def derive_seed(seed: int, *keys: int) -> int:
-    """An independent 31-bit seed for one random stream of a run (numpy's SeedSequence)."""
-    entropy = [seed % 2**64, *(k % 2**64 for k in keys)]
-    return int(np.random.SeedSequence(entropy).generate_state(1)[0] % (2**31 - 1))
 
 
 def finite(losses: torch.Tensor) -> torch.Tensor:
@@ -125,7 +120,7 @@ def run_adam(objective: Objective, dim: int, budget: int, cfg: AdamConfig, seed:
     """Adam on the objective's gradient at batch 1: one step = one evaluation. The loss is
     that of z before the step, so the point recorded is the point scored."""
     tracker = Tracker(progress)
-    gen = torch.Generator().manual_seed(derive_seed(seed, 1))
+    gen = torch.Generator().manual_seed(derive_seed(seed, "adam-start"))
     z0 = torch.randn(1, dim, generator=gen, dtype=torch.float32) * cfg.init_std
     z = z0.to(device).requires_grad_(True)
     opt = torch.optim.Adam([z], lr=cfg.lr)
@@ -184,12 +179,12 @@ class CMAES:
     def __init__(self, dim: int, cfg: CMAESConfig, seed: int) -> None:
         import cma
 
-        gen = torch.Generator().manual_seed(derive_seed(seed, 2))
+        gen = torch.Generator().manual_seed(derive_seed(seed, "cmaes-start"))
         x0 = torch.randn(dim, generator=gen, dtype=torch.float64) * cfg.init_std
         self.popsize, self.generations, self.untold = cfg.popsize, 0, 0
         self._asked: list[np.ndarray] | None = None
         self._state: dict[str, Any] | None = None
-        options = {"popsize": cfg.popsize, "seed": derive_seed(seed, 3) + 1,  # 0 = 'time'
+        options = {"popsize": cfg.popsize, "seed": derive_seed(seed, "cmaes") + 1,  # 0 = 'time'
                    "verbose": -9, "verb_log": 0, "verb_disp": 0}
         with self._numpy_rng():
             self.es = cma.CMAEvolutionStrategy(x0.numpy(), cfg.sigma0, options)
@@ -278,7 +273,7 @@ class Turbo:
         self.successes = self.failures = 0
         self.X = torch.zeros(0, self.dim, dtype=torch.float64)  # unit cube
         self.Y = torch.zeros(0, dtype=torch.float64)  # losses
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, 4, self.restarts))
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "turbo-design", self.restarts))
         self._design = DESIGNS[self.cfg.design](self.cfg.n_init, self.dim, gen)
 
     def to_box(self, u: torch.Tensor) -> torch.Tensor:
@@ -343,12 +338,12 @@ class Turbo:
 
         self.batches += 1
         self.lengths.append(self.length)
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, 5, self.batches))
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "turbo-batch", self.batches))
         # BoTorch's fitting retries and posterior samples draw from the global torch RNG:
         # seed it for this batch only, and hand the caller's state back afterwards.
         with torch.random.fork_rng(devices=[]), \
                 gpytorch.settings.max_cholesky_size(self.cfg.max_cholesky_size):
-            torch.manual_seed(derive_seed(self.seed, 6, self.batches))
+            torch.manual_seed(derive_seed(self.seed, "turbo-botorch", self.batches))
             model = self.fit()
             centre = self.X[torch.argmin(self.Y)]
             scales = model.covar_module.base_kernel.lengthscale.detach().view(-1).double()
