@@ -40,7 +40,7 @@ P = Params.from_raw(config, source=PARAMS_FILE)  # readable errors naming the ke
 rule all:
     default_target: True
     input:
-        [out for s in all_stages(P) for out in s.outs(P)],
+        [out for s in all_stages(P) for out in s.outs()],
 
 
 for k in (k for k in STAGE_KINDS if k.instances(P)):
@@ -55,8 +55,8 @@ for k in (k for k in STAGE_KINDS if k.instances(P)):
         log:
             k.log(P.experiment),
         params:
-            values=lambda wc, k=k: Stage(k, dict(wc)).param_values(P),
-            cmd=lambda wc, k=k: Stage(k, dict(wc)).command(PARAMS_FILE),
+            values=lambda wc, k=k: Stage(k, P, dict(wc)).param_values(),
+            cmd=lambda wc, k=k: Stage(k, P, dict(wc)).command(PARAMS_FILE),
         threads: k.threads  # Snakemake lowers it to --cores when fewer are given
         resources:
             **k.resources,

@@ -66,4 +66,4 @@ def run_stage(params, name: str, **keys: str) -> None:
     from ggl.cli import run_stage as run
     from ggl.pipeline.registry import Stage, kind
 
-    run(Stage(kind(name), keys), params)
+    run(Stage(kind(name), params, keys))

@@ -304,7 +304,7 @@ def test_dvc_route_runs_an_experiment_file_and_reruns_only_what_a_change_touches
     params = load_params(root / config)
     assert ran_stages(first.stdout) == {s.name for s in all_stages(params)}
     for stage in all_stages(params):
-        for out in stage.outs(params):
+        for out in stage.outs():
             assert (root / out).is_file(), out
     assert (root / "results/tiny-dvc/summary.json").is_file()
 
@@ -493,7 +493,7 @@ def test_tiny_pipeline_runs_through_the_slurm_profile_on_a_one_node_cluster(tmp_
             print("sbatch", rule, " ".join(asked))
         params = load_params(root / "params.yaml")
         for stage in all_stages(params):
-            for path in stage.outs(params):
+            for path in stage.outs():
                 assert (root / path).is_file(), path
         submitted = [(re.match(r"rule_([a-z_]+)", job.get("Comment", "")), job)
                      for job in cluster.jobs()]

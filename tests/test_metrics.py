@@ -85,7 +85,7 @@ def test_a_defence_strength_sweep_gets_its_plot(tmp_path):
     assert sweeps == {"soteria": {"soteria-20": 20.0, "soteria-50": 50.0, "soteria-80": 80.0,
                                   "none": 0.0}}  # one noise level is no sweep
     (aggregate,) = kind("aggregate").instances(params)
-    assert "results/tiny/figures/sweep_soteria.png" in aggregate.outs(params)
+    assert "results/tiny/figures/sweep_soteria.png" in aggregate.outs()
     frame = pd.DataFrame([{"defence": d, "attack": a, "image_id": i, "psnr_db_pm1": s / 10,
                            "lpips_vgg": 1 - s / 100}
                           for d, s in sweeps["soteria"].items() for a in ("dlg", "ggl-adam")

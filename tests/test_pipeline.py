@@ -89,7 +89,7 @@ def written(root: Path) -> set[str]:
 
 def test_the_stages_write_exactly_the_files_the_registry_declares(project):
     params = load_params(project / "params.yaml")
-    declared = {out for stage in all_stages(params) for out in stage.outs(params)}
+    declared = {out for stage in all_stages(params) for out in stage.outs()}
     assert written(project) == declared  # nothing undeclared (no resume.pt left), none missing
     assert summary_outputs(project) == declared == dvc_outs(project / "dvc.yaml")
 

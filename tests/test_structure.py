@@ -62,26 +62,24 @@ def test_a_stages_code_is_everything_its_module_may_import():
     assert "src/ggl/metrics.py" not in code and "src/ggl/report.py" not in code
 
 
-def test_every_file_is_written_by_exactly_one_stage_kind():
+def test_every_file_is_written_by_exactly_one_stage_kind_and_read_by_its_name():
     writers = [name for k in STAGE_KINDS for name in (*k.outputs, *k.scratch)]
-    assert sorted(writers) == sorted(FILES)
-    read = {name for k in STAGE_KINDS for name in k.inputs}
-    assert read <= set(FILES)
+    assert len(writers) == len(set(writers)) == len(FILES)
+    assert {name for k in STAGE_KINDS for name in k.inputs} <= set(FILES)
 
 
 def test_a_stage_gets_only_the_paths_it_declares():
     params = Params.from_raw(tiny_params())
     (stage,) = [s for s in kind("attack").instances(params) if s.name == "attack__noise__dlg"]
-    files = stage.files(params)
-    assert str(files.output("result", image="img1")) == \
+    assert str(stage.output("result", image="img1")) == \
         "results/tiny/attacks/noise/dlg/img1/result.json"
-    assert str(files.input("received", image="img0")) == "results/tiny/gradients/noise/img0.pt"
-    for ask in (lambda: files.input("truth", image="img0"),  # the client's, not the attacker's
-                lambda: files.input("private"),
-                lambda: files.output("received", image="img0"),  # another stage's output
-                lambda: files.output("result", image="img7"),  # not in params
-                lambda: files.output("result"),  # which image?
-                lambda: files.input("biggan_weights")):  # params train a DCGAN
+    assert str(stage.input("received", image="img0")) == "results/tiny/gradients/noise/img0.pt"
+    for ask in (lambda: stage.input("truth", image="img0"),  # the client's, not the attacker's
+                lambda: stage.input("private"),
+                lambda: stage.output("received", image="img0"),  # another stage's output
+                lambda: stage.output("result", image="img7"),  # not in params
+                lambda: stage.output("result"),  # which image?
+                lambda: stage.input("biggan_weights")):  # params train a DCGAN
         with pytest.raises(UndeclaredFile):
             ask()
 

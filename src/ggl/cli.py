@@ -23,13 +23,11 @@ from ggl.pipeline.registry import STAGE_KINDS, VALUES, Stage, kind
 Handler = Callable[[argparse.Namespace, Params], None]
 
 
-def run_stage(stage: Stage, params: Params, log: logging.Logger | None = None,
-              **options: Any) -> None:
+def run_stage(stage: Stage, log: logging.Logger | None = None, **options: Any) -> None:
     """Run one stage instance's code; every output it declares must exist afterwards."""
     module = importlib.import_module(stage.kind.module)
-    module.run(params, stage.files(params), log or logging.getLogger(f"ggl.{stage.name}"),
-               **options)
-    missing = [path for path in stage.outs(params) if not Path(path).is_file()]
+    module.run(stage, log or logging.getLogger(f"ggl.{stage.name}"), **options)
+    missing = [path for path in stage.outs() if not Path(path).is_file()]
     if missing:
         raise RuntimeError(f"stage {stage.name} did not write {len(missing)} of its declared "
                            f"outputs, e.g. {', '.join(missing[:3])}")
@@ -45,11 +43,11 @@ def cmd_stage(args: argparse.Namespace, params: Params) -> None:
         if value not in VALUES[w](params):
             raise ParamsError(f"--{w}: {value!r} is not in params; allowed are "
                               f"{', '.join(VALUES[w](params))}")
-    stage = Stage(k, keys)
-    log_path = Path(stage.log(params))
+    stage = Stage(k, params, keys)
+    log_path = Path(stage.log())
     log = _logger(stage.name, log_path, params)
     try:
-        run_stage(stage, params, log, **{name: getattr(args, name) for name in k.options})
+        run_stage(stage, log, **{name: getattr(args, name) for name in k.options})
     except GglError as exc:
         _append(log_path, f"error: {exc}\n")
         raise

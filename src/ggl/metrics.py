@@ -1,14 +1,8 @@
 """Reconstruction quality: MSE-I, PSNR (two conventions), SSIM, LPIPS, MSE-R.
 
-Conventions (stated in every table):
-- ``mse_i``: mean squared error over C x H x W on images in [-1, 1].
-- ``psnr_db_pm1``: the paper's PSNR, 10 log10(1 / MSE) on [-1, 1] images (peak 1), about
-  6.02 dB *below* the usual convention. ``psnr_db_01``: the usual PSNR on [0, 1] images, peak 1.
-  Identical images give +inf.
-- ``ssim``: structural similarity on [0, 1] images (scikit-image, data_range 1).
-- ``lpips_vgg``: LPIPS v0.1 with the VGG16 backbone (lower is better). Without the ImageNet
-  VGG16 weights the column is ``lpips_vgg_stand_in`` (random backbone), never ``lpips_vgg``.
-- ``mse_r``: MSE between the federated model's penultimate (fc input) features.
+``CONVENTIONS`` states each column's convention; the metrics stage writes it beside the table.
+Without the ImageNet VGG16 weights the LPIPS column is ``lpips_vgg_stand_in`` (random
+backbone), never ``lpips_vgg``.
 """
 
 from __future__ import annotations

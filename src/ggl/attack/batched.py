@@ -80,19 +80,8 @@ class Policy:
 
 
 def default_policy(device: torch.device | str) -> Policy:
-    """Defaults measured with benchmarks/objective.py (numbers in benchmarks/README.md).
-
-    CPU (2 cores, 32x32 CIFAR ResNet-18 width 64, 50 candidates): the batched path ran about
-    2x the one-at-a-time loop with no defence, clipping and Soteria estimates, and 1.5x for
-    sparsification (materialised per-candidate gradients, faster exact top-k selection). Per
-    layer, the Gram norm beat materialising up to T^2 (d + c) ~ 50 d c and lost from ~570:
-    ghost_ratio 100. One forward chunk of 25 or 50 candidates ran alike: 512 MiB. At 224x224
-    (torchvision ResNet-18) batch-1 convolutions are already efficient on a CPU: the batched
-    path about tied the reference loop (0.93-1.17x; sparsification 1.3x) and still beat the
-    objective's own loop path, so it stays on. A differentiable batched call at n = 1 (Adam)
-    ran within +-15 % of the loop's double backprop, so Adam keeps the loop (the reference).
-    CUDA: unmeasured here; the same choices, one batched unfold + bmm instead of per-candidate
-    kernels, larger chunks."""
+    """Defaults measured with benchmarks/objective.py; benchmarks/README.md ("Why the default
+    policy") says what each value rests on. CUDA's is unmeasured."""
     if torch.device(device).type == "cuda":
         return Policy(chunk_bytes=4 << 30, work_elems=64 << 20, ghost_ratio=100.0,
                       keep_elems=1 << 16, with_grad=False, prune=True, conv_kernel=False)

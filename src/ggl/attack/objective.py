@@ -105,7 +105,6 @@ def trial_gradients(model: nn.Module, images: torch.Tensor, label: int | torch.T
 
 # --- the objective ---------------------------------------------------------------------
 
-SCORERS = ("auto", "batched", "loop")
 
 
 class Objective:
@@ -125,8 +124,6 @@ class Objective:
         self.estimate = estimate if cfg.adaptive else Estimate()
         self.distance = DISTANCES[cfg.distance]
         self.regulariser = REGULARISERS[cfg.regulariser]
-        if scorer not in SCORERS:
-            raise ValueError(f"scorer: {scorer!r} is not allowed; allowed are {', '.join(SCORERS)}")
         self.scorer = scorer
         self.policy = policy
         self._batched: BatchedScorer | None = None

@@ -46,11 +46,12 @@ def _imports(node: ast.AST) -> set[str]:
 
 def closure(module: str) -> list[str]:
     """The source files ``module`` may execute: its imports, theirs, and the packages
-    (``__init__.py``) on the way, as repository paths."""
+    (``__init__.py``) on the way, as repository paths; not the pipeline's description
+    (``ggl.pipeline``), whose changes that matter change dvc.yaml itself."""
     graph, seen, todo = import_graph(), set(), [module]
     while todo:
         name = todo.pop()
-        if name in seen:
+        if name in seen or name.startswith("ggl.pipeline"):
             continue
         seen.add(name)
         parents = [name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1)]

@@ -1,15 +1,16 @@
 """Every pipeline stage, described once: the files it reads and writes, by name, its params
 keys, threads, resources, log and code.
 
-``FILES`` names every file the pipeline writes as a path pattern. A stage kind lists the names
-it reads and writes; a placeholder its instance does not bind (``{image}``, or ``{defence}``
-for the metrics stage, which reads every defence) ranges over every value params give it. The
-Snakemake rules (one loop in the Snakefile), ``dvc.yaml`` (``ggl dvc-yaml``) and the ``ggl``
-subcommands are generated from ``STAGE_KINDS``, and a stage's code (``ggl.stages.<kind>``)
-gets its paths from a ``Files`` object that hands out exactly what was declared. The code a
-stage depends on is everything its module may import (``ggl.pipeline.imports``).
+A stage kind names the files it writes, each a path pattern, and the files it reads by their
+names (``FILES`` gathers them all); a placeholder its instance does not bind (``{image}``, or
+``{defence}`` for the metrics stage, which reads every defence) ranges over every value params
+give it. The Snakemake rules (one loop in the Snakefile), ``dvc.yaml`` (``ggl dvc-yaml``) and
+the ``ggl`` subcommands are generated from ``STAGE_KINDS``, and a stage's code
+(``ggl.stages.<kind>``) gets its paths from its ``Stage``, which hands out exactly what was
+declared. The code a stage depends on is everything its module may import
+(``ggl.pipeline.imports``).
 
-Adding a stage = one ``StageKind`` here, its files in ``FILES`` and a module in ``ggl.stages``.
+Adding a stage = one ``StageKind`` here and a module in ``ggl.stages``.
 """
 
 from __future__ import annotations
@@ -69,50 +70,11 @@ def _biggan(params: Params) -> bool:
     return params.generator.kind == "biggan-deep-256"
 
 
+OUT = "results/{experiment}"
 GAN = "results/{experiment}/generator"
 RUN = "results/{experiment}/attacks/{defence}/{attack}/{image}"
 SAMPLES = ("generator_samples.rst", "Generator")
 TABLE = ("table.rst", "Tables")
-
-FILES: dict[str, File] = {
-    "public": File("data/{experiment}/public.pt"),
-    "private": File("data/{experiment}/private.pt"),
-    "index": File("data/{experiment}/index.json"),
-    # what the server receives, and the client's truth (for the metrics stage only)
-    "received": File("results/{experiment}/gradients/{defence}/{image}.pt"),
-    "truth": File("results/{experiment}/gradients/{defence}/{image}.json"),
-    "generator": File(f"{GAN}/generator.pt", _dcgan),
-    "gan_losses": File(f"{GAN}/losses.csv", _dcgan),
-    "gan_losses_plot": File(f"{GAN}/losses.png", _dcgan, SAMPLES),
-    "gan_samples": File(f"{GAN}/samples.png", _dcgan, SAMPLES),
-    "gan_resume": File(f"{GAN}/resume.pt", _dcgan),
-    "quality": File(f"{GAN}/quality.json", _dcgan, ("generator_quality.rst", "Generator")),
-    # shared by experiments: the published weights never change
-    "biggan_weights": File("data/biggan/biggan-deep-256-pytorch_model.bin", _biggan),
-    "biggan_config": File("data/biggan/biggan-deep-256-config.json", _biggan),
-    "reconstruction": File(f"{RUN}/reconstruction.pt"),
-    "reconstruction_png": File(f"{RUN}/reconstruction.png"),
-    "latent": File(f"{RUN}/latent.pt"),
-    "curve": File(f"{RUN}/curve.csv"),
-    "result": File(f"{RUN}/result.json"),
-    "metrics": File("results/{experiment}/metrics.csv"),
-    "metrics_conventions": File("results/{experiment}/metrics_conventions.json"),
-    "summary_csv": File("results/{experiment}/tables/summary.csv", report=TABLE),
-    "table3_csv": File("results/{experiment}/tables/table3.csv", report=TABLE),
-    "table3_md": File("results/{experiment}/tables/table3.md"),
-    "table2_csv": File("results/{experiment}/tables/table2.csv", has_table2, TABLE),
-    "table2_md": File("results/{experiment}/tables/table2.md", has_table2),
-    "grid": File("results/{experiment}/figures/reconstructions_{image}.png",
-                 report=("reconstructions.rst", "Reconstructions")),
-    "metric_plot": File("results/{experiment}/figures/{metric}.png",
-                        report=("metric.rst", "Metrics")),
-    "sweep_plot": File("results/{experiment}/figures/sweep_{sweep}.png",
-                       report=("sweep.rst", "Defence strength")),
-    "convergence": File("results/{experiment}/figures/convergence.png", has_table2,
-                        ("convergence.rst", "Convergence")),
-    "summary_json": File("results/{experiment}/summary.json"),  # `dvc metrics show`
-}
-
 
 def expand(name: str, params: Params, bound: Keys) -> list[str]:
     """Every path of file ``name``: placeholders in ``bound`` fixed, the others ranging over
@@ -137,12 +99,12 @@ class StageKind:
 
     name: str  # the ggl subcommand; its code is the module ggl.stages.<name with '_'>
     summary: str
-    inputs: tuple[str, ...]  # names in FILES
-    outputs: tuple[str, ...]
+    inputs: tuple[str, ...]  # names of other stages' outputs
+    outputs: dict[str, File]  # name -> the file; FILES gathers every stage's
     params: tuple[str, ...]  # dotted params keys read, e.g. "defences.{defence}"
     wildcards: tuple[str, ...] = ()
     when: Callable[[Params], bool] = _always
-    scratch: tuple[str, ...] = ()  # kept between attempts (resumption), gone when it succeeds
+    scratch: dict[str, File] = field(default_factory=dict)  # kept between attempts (resume)
     threads: int = 1  # a local run's; the SLURM profile sets a cluster's
     resources: dict[str, int] = field(default_factory=dict)  # sized for the paper experiments
     options: dict[str, str] = field(default_factory=dict)  # extra CLI --option: help (repeatable)
@@ -159,7 +121,7 @@ class StageKind:
         if not self.when(params):
             return []
         values = [VALUES[w](params) for w in self.wildcards]
-        return [Stage(self, dict(zip(self.wildcards, combo, strict=True)))
+        return [Stage(self, params, dict(zip(self.wildcards, combo, strict=True)))
                 for combo in itertools.product(*values)]
 
     def log(self, experiment: str) -> str:
@@ -167,48 +129,84 @@ class StageKind:
                           *(f"{{{w}}}" for w in self.wildcards)]) + ".log"
 
 
+class UndeclaredFile(KeyError):
+    """A stage asked for a path its description does not declare."""
+
+
 @dataclass(frozen=True)
 class Stage:
+    """One stage instance for one params: its files, command and params values. Its code gets
+    it as the layout of its paths, handed out by name: asking for a file the stage does not
+    declare, or for a value params do not have, is an error, so the code can only write what
+    Snakemake and DVC expect."""
+
     kind: StageKind
-    keys: Keys = field(default_factory=dict)
+    params: Params
+    keys: Keys = field(default_factory=dict)  # its wildcards' values
 
     @property
     def name(self) -> str:
         return "__".join([self.kind.name, *self.keys.values()])
 
-    def bound(self, params: Params) -> Keys:
-        return {"experiment": params.experiment, **self.keys}
+    def _bound(self) -> Keys:
+        return {"experiment": self.params.experiment, **self.keys}
 
-    def inputs(self, params: Params) -> dict[str, list[str]]:
-        return {n: expand(n, params, self.bound(params)) for n in self.kind.inputs}
+    def inputs(self) -> dict[str, list[str]]:
+        return {n: expand(n, self.params, self._bound()) for n in self.kind.inputs}
 
-    def outputs(self, params: Params) -> dict[str, list[str]]:
-        return {n: expand(n, params, self.bound(params)) for n in self.kind.outputs}
+    def outputs(self) -> dict[str, list[str]]:
+        return {n: expand(n, self.params, self._bound()) for n in self.kind.outputs}
 
     def code(self) -> list[str]:
         return closure(self.kind.module)
 
-    def deps(self, params: Params) -> list[str]:
-        return [*(p for paths in self.inputs(params).values() for p in paths), *self.code()]
+    def deps(self) -> list[str]:
+        return [*(p for paths in self.inputs().values() for p in paths), *self.code()]
 
-    def outs(self, params: Params) -> list[str]:
-        return [p for paths in self.outputs(params).values() for p in paths]
+    def outs(self) -> list[str]:
+        return [p for paths in self.outputs().values() for p in paths]
 
-    def log(self, params: Params) -> str:
-        return self.kind.log(params.experiment).format(**self.keys)
+    def log(self) -> str:
+        return self.kind.log(self.params.experiment).format(**self.keys)
 
     def param_keys(self) -> list[str]:
         return [key.format(**self.keys) for key in self.kind.params]
 
-    def param_values(self, params: Params) -> dict[str, Any]:
-        return {key: lookup(params.raw, key) for key in self.param_keys()}
+    def param_values(self) -> dict[str, Any]:
+        return {key: lookup(self.params.raw, key) for key in self.param_keys()}
 
     def command(self, params_file: str) -> str:
         options = (f"--{w} {v}" for w, v in self.keys.items())
         return " ".join(["ggl", self.kind.name, "--params", params_file, *options])
 
-    def files(self, params: Params) -> Files:
-        return Files(self, params)
+    def input(self, name: str, **keys: str) -> Path:
+        return self._path(name, self.kind.inputs, keys)
+
+    def output(self, name: str, **keys: str) -> Path:
+        return self._path(name, tuple(self.kind.outputs), keys)
+
+    def scratch(self, name: str) -> Path:
+        return self._path(name, tuple(self.kind.scratch), {})
+
+    def has(self, name: str) -> bool:
+        """Whether params have this file (e.g. Table 2 only with GGL attacks and no defence)."""
+        file = FILES[name]
+        return file.when is None or file.when(self.params)
+
+    def _path(self, name: str, declared: tuple[str, ...], keys: Keys) -> Path:
+        if name not in declared:
+            raise UndeclaredFile(f"stage {self.name} does not declare {name!r} here; it "
+                                 f"declares {', '.join(declared) or 'nothing'}")
+        if not self.has(name):
+            raise UndeclaredFile(f"stage {self.name}: params have no {name!r}")
+        free = {p for p in FILES[name].placeholders() if p not in self._bound()}
+        if set(keys) != free:
+            raise UndeclaredFile(f"stage {self.name}: {name!r} takes {sorted(free)}, got "
+                                 f"{sorted(keys)}")
+        for key, value in keys.items():
+            if value not in VALUES[key](self.params):
+                raise UndeclaredFile(f"stage {self.name}: {key} {value!r} is not in params")
+        return Path(FILES[name].pattern.format(**self._bound(), **keys))
 
 
 def lookup(raw: dict[str, Any], dotted: str) -> Any:
@@ -218,50 +216,6 @@ def lookup(raw: dict[str, Any], dotted: str) -> Any:
     return value
 
 
-class UndeclaredFile(KeyError):
-    """A stage asked for a path its description does not declare."""
-
-
-@dataclass(frozen=True)
-class Files:
-    """The paths one stage instance reads and writes, handed out by name: asking for a file
-    the stage does not declare, or for a value params do not have, is an error, so the code
-    can only write what Snakemake and DVC expect."""
-
-    stage: Stage
-    params: Params
-
-    def input(self, name: str, **keys: str) -> Path:
-        return self._path(name, self.stage.kind.inputs, keys)
-
-    def output(self, name: str, **keys: str) -> Path:
-        return self._path(name, self.stage.kind.outputs, keys)
-
-    def scratch(self, name: str) -> Path:
-        return self._path(name, self.stage.kind.scratch, {})
-
-    def has(self, name: str) -> bool:
-        """Whether params have this file (e.g. Table 2 only with GGL attacks and no defence)."""
-        file = FILES[name]
-        return file.when is None or file.when(self.params)
-
-    def _path(self, name: str, declared: tuple[str, ...], keys: Keys) -> Path:
-        what = f"stage {self.stage.name}"
-        if name not in declared:
-            raise UndeclaredFile(f"{what} does not declare {name!r} here; it declares "
-                                 f"{', '.join(declared) or 'nothing'}")
-        if not self.has(name):
-            raise UndeclaredFile(f"{what}: params have no {name!r}")
-        bound = self.stage.bound(self.params)
-        free = {p for p in FILES[name].placeholders() if p not in bound}
-        if set(keys) != free:
-            raise UndeclaredFile(f"{what}: {name!r} takes {sorted(free)}, got {sorted(keys)}")
-        for key, value in keys.items():
-            if value not in VALUES[key](self.params):
-                raise UndeclaredFile(f"{what}: {key} {value!r} is not in params")
-        return Path(FILES[name].pattern.format(**bound, **keys))
-
-
 RESOURCES_GPU = {"gpu": 1}
 
 STAGE_KINDS: list[StageKind] = [
@@ -269,7 +223,9 @@ STAGE_KINDS: list[StageKind] = [
         name="split",
         summary="load the dataset and write the seeded public/private split",
         inputs=(),
-        outputs=("public", "private", "index"),
+        outputs={"public": File("data/{experiment}/public.pt"),
+                 "private": File("data/{experiment}/private.pt"),
+                 "index": File("data/{experiment}/index.json")},
         params=("experiment", "data"),
         # decodes 182k CelebA JPEGs, or unpacks ImageNet val (6.4 GB)
         resources={"runtime": 120, "mem_mb": 16000},
@@ -279,7 +235,9 @@ STAGE_KINDS: list[StageKind] = [
         summary="the client's defended gradient of each private image under one defence",
         wildcards=("defence",),
         inputs=("private",),
-        outputs=("received", "truth"),
+        # what the server receives, and the client's truth (for the metrics stage only)
+        outputs={"received": File("results/{experiment}/gradients/{defence}/{image}.pt"),
+                 "truth": File("results/{experiment}/gradients/{defence}/{image}.json")},
         params=("experiment", "seed", "private_images", "data.image_size", "data.num_classes",
                 "model", "defences.{defence}"),
         # per image one backward pass; Soteria: 512 feature Jacobians
@@ -290,8 +248,11 @@ STAGE_KINDS: list[StageKind] = [
         summary="WGAN-GP training of the generator on the public split",
         when=_dcgan,
         inputs=("public",),  # the public split only
-        outputs=("generator", "gan_losses", "gan_samples", "gan_losses_plot"),
-        scratch=("gan_resume",),
+        outputs={"generator": File(f"{GAN}/generator.pt", _dcgan),
+                 "gan_losses": File(f"{GAN}/losses.csv", _dcgan),
+                 "gan_samples": File(f"{GAN}/samples.png", _dcgan, SAMPLES),
+                 "gan_losses_plot": File(f"{GAN}/losses.png", _dcgan, SAMPLES)},
+        scratch={"gan_resume": File(f"{GAN}/resume.pt", _dcgan)},
         params=("experiment", "generator", "data.num_classes"),
         threads=8,  # Snakemake lowers this to --cores when fewer are given
         # WGAN-GP, 100 epochs of 162,770 images, 5 critic steps; resumes after a kill
@@ -302,7 +263,8 @@ STAGE_KINDS: list[StageKind] = [
         summary="how recognisable the generator's samples are (a classifier's confidence)",
         when=_dcgan,
         inputs=("generator", "public", "private"),
-        outputs=("quality",),
+        outputs={"quality": File(f"{GAN}/quality.json", _dcgan,
+                                 ("generator_quality.rst", "Generator"))},
         params=("experiment", "generator", "seed", "data.image_size", "data.num_classes"),
         # a small CPU classifier, 15 epochs of the public split
         resources={"runtime": 240, "mem_mb": 32000},
@@ -312,7 +274,10 @@ STAGE_KINDS: list[StageKind] = [
         summary="download BigGAN-deep-256 and verify its SHA-256",
         when=_biggan,
         inputs=(),
-        outputs=("biggan_weights", "biggan_config"),
+        # shared by experiments: the published weights never change
+        outputs={"biggan_weights": File("data/biggan/biggan-deep-256-pytorch_model.bin",
+                                        _biggan),
+                 "biggan_config": File("data/biggan/biggan-deep-256-config.json", _biggan)},
         params=("generator.kind",),
         # downloads 0.25 GB: needs the internet (README: fetch on the login node)
         resources={"runtime": 60, "mem_mb": 4000},
@@ -325,7 +290,11 @@ STAGE_KINDS: list[StageKind] = [
         wildcards=("defence", "attack"),
         # the received gradients (never the client's truth) and the generator
         inputs=("received", "generator", "biggan_weights"),
-        outputs=("reconstruction", "reconstruction_png", "latent", "curve", "result"),
+        outputs={"reconstruction": File(f"{RUN}/reconstruction.pt"),
+                 "reconstruction_png": File(f"{RUN}/reconstruction.png"),
+                 "latent": File(f"{RUN}/latent.pt"),
+                 "curve": File(f"{RUN}/curve.csv"),
+                 "result": File(f"{RUN}/result.json")},
         params=("experiment", "seed", "scorer", "data.image_size", "data.num_classes",
                 "generator", "attacks.{attack}"),
         # all images of one (defence, attack); IG/GI at 224x224: 4 x 24,000 double-backward
@@ -337,7 +306,8 @@ STAGE_KINDS: list[StageKind] = [
         summary="join each reconstruction with its private image: MSE-I, PSNR, SSIM, LPIPS, "
                 "MSE-R",
         inputs=("reconstruction", "result", "truth", "private"),
-        outputs=("metrics", "metrics_conventions"),
+        outputs={"metrics": File(f"{OUT}/metrics.csv"),
+                 "metrics_conventions": File(f"{OUT}/metrics_conventions.json")},
         params=("experiment", "model", "data.num_classes", "metrics", "private_images"),
         # LPIPS (VGG16) of every reconstruction, on the CPU
         resources={"runtime": 120, "mem_mb": 16000},
@@ -346,12 +316,27 @@ STAGE_KINDS: list[StageKind] = [
         name="aggregate",
         summary="the paper's tables and figures from metrics.csv",
         inputs=("metrics", "private", "reconstruction", "result", "curve"),
-        outputs=("summary_csv", "table3_csv", "table3_md", "table2_csv", "table2_md", "grid",
-                 "metric_plot", "sweep_plot", "convergence", "summary_json"),
+        outputs={"summary_csv": File(f"{OUT}/tables/summary.csv", report=TABLE),
+                 "table3_csv": File(f"{OUT}/tables/table3.csv", report=TABLE),
+                 "table3_md": File(f"{OUT}/tables/table3.md"),
+                 "table2_csv": File(f"{OUT}/tables/table2.csv", has_table2, TABLE),
+                 "table2_md": File(f"{OUT}/tables/table2.md", has_table2),
+                 "grid": File(f"{OUT}/figures/reconstructions_{{image}}.png",
+                              report=("reconstructions.rst", "Reconstructions")),
+                 "metric_plot": File(f"{OUT}/figures/{{metric}}.png",
+                                     report=("metric.rst", "Metrics")),
+                 "sweep_plot": File(f"{OUT}/figures/sweep_{{sweep}}.png",
+                                    report=("sweep.rst", "Defence strength")),
+                 "convergence": File(f"{OUT}/figures/convergence.png", has_table2,
+                                     ("convergence.rst", "Convergence")),
+                 "summary_json": File(f"{OUT}/summary.json")},  # `dvc metrics show`
         params=("experiment", "defences", "attacks", "private_images"),
         resources={"runtime": 30, "mem_mb": 8000},
     ),
 ]
+
+# Every file the pipeline writes, by name: each belongs to the one stage kind that writes it.
+FILES: dict[str, File] = {n: f for k in STAGE_KINDS for n, f in {**k.outputs, **k.scratch}.items()}
 
 
 def kind(name: str) -> StageKind:
@@ -381,8 +366,8 @@ def rule_outputs(k: StageKind, params: Params, report: Callable[..., Any]) -> di
 
 
 def rule_inputs(k: StageKind, params: Params, wildcards: Keys) -> dict[str, list[str]]:
-    stage = Stage(k, wildcards)
-    return {**stage.inputs(params), "code": stage.code()}
+    stage = Stage(k, params, wildcards)
+    return {**stage.inputs(), "code": stage.code()}
 
 
 def constraints(k: StageKind, params: Params) -> Keys:
@@ -395,17 +380,16 @@ def dvc_yaml(params: Params, params_file: str) -> dict[str, Any]:
     """The dvc.yaml document for one params file."""
     stages: dict[str, Any] = {}
     for stage in all_stages(params):
-        keys = stage.param_keys()
+        keys, outs = stage.param_keys(), stage.outs()
         entry: dict[str, Any] = {"cmd": stage.command(params_file)}
-        if stage.deps(params):
-            entry["deps"] = stage.deps(params)
+        if stage.deps():
+            entry["deps"] = stage.deps()
         entry["params"] = keys if params_file == "params.yaml" else [{params_file: keys}]
         # `dvc metrics show` reads summary.json; `dvc plots` shows the figures and the CSV
         # tables (DVC renders no Markdown: the .md tables stay plain outputs).
-        metrics = [o for o in stage.outs(params) if o.endswith("/summary.json")]
-        plots = [o for o in stage.outs(params)
-                 if "/figures/" in o or ("/tables/" in o and o.endswith(".csv"))]
-        entry["outs"] = [o for o in stage.outs(params) if o not in metrics + plots]
+        metrics = [o for o in outs if o.endswith("/summary.json")]
+        plots = [o for o in outs if "/figures/" in o or ("/tables/" in o and o.endswith(".csv"))]
+        entry["outs"] = [o for o in outs if o not in metrics + plots]
         for section, paths in (("metrics", metrics), ("plots", plots)):
             if paths:
                 entry[section] = [{path: {"cache": False}} for path in paths]

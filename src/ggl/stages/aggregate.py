@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from logging import Logger
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from ggl import io
-from ggl.config import Params
 from ggl.data import load_part
-from ggl.pipeline.registry import METRIC_PLOTS
+from ggl.pipeline.registry import METRIC_PLOTS, Stage
 from ggl.report import (
     check_complete,
     convergence_plot,
@@ -24,44 +22,42 @@ from ggl.report import (
     tables,
 )
 
-if TYPE_CHECKING:
-    from ggl.pipeline.registry import Files
 
-
-def run(params: Params, files: Files, log: Logger) -> None:
-    frame = pd.read_csv(files.input("metrics"))
+def run(stage: Stage, log: Logger) -> None:
+    params = stage.params
+    frame = pd.read_csv(stage.input("metrics"))
     check_complete(frame, params)
     summary = summarise(frame)
     lpips = lpips_column(frame)
     texts = tables(frame, summary)
-    for name in files.stage.kind.outputs:
+    for name in stage.kind.outputs:
         if name in texts:
-            io.write_text(files.output(name), texts[name])
-    io.write_json(files.output("summary_json"), summary_metrics(summary, lpips))
+            io.write_text(stage.output(name), texts[name])
+    io.write_json(stage.output("summary_json"), summary_metrics(summary, lpips))
 
-    images, _ = load_part(files.input("private"))
+    images, _ = load_part(stage.input("private"))
     for index, image in zip(params.private_images, params.image_ids(), strict=True):
-        shown = {d: {a: io.load_torch(files.input("reconstruction", defence=d, attack=a,
+        shown = {d: {a: io.load_torch(stage.input("reconstruction", defence=d, attack=a,
                                                   image=image)) for a in params.attacks}
                  for d in params.defences}
-        io.save_figure(files.output("grid", image=image), reconstruction_grid(
+        io.save_figure(stage.output("grid", image=image), reconstruction_grid(
             images[index], shown, f"{params.experiment}: reconstructions of {image}"))
     for metric in METRIC_PLOTS:
         column = lpips if metric == "lpips" else metric
-        io.save_figure(files.output("metric_plot", metric=metric), metric_plot(frame, column))
+        io.save_figure(stage.output("metric_plot", metric=metric), metric_plot(frame, column))
     for kind, strengths in params.sweeps().items():
-        io.save_figure(files.output("sweep_plot", sweep=kind),
+        io.save_figure(stage.output("sweep_plot", sweep=kind),
                        sweep_plot(frame, kind, strengths, lpips))
-    if files.has("convergence"):
-        curves = {attack: [_best_curve(files, attack, image) for image in params.image_ids()]
+    if stage.has("convergence"):
+        curves = {attack: [_best_curve(stage, attack, image) for image in params.image_ids()]
                   for attack in ggl_attacks(frame)}
-        io.save_figure(files.output("convergence"), convergence_plot(curves, "none"))
+        io.save_figure(stage.output("convergence"), convergence_plot(curves, "none"))
     log.info("tables and figures of %d runs", len(frame))
 
 
-def _best_curve(files: Files, attack: str, image: str) -> pd.DataFrame:
+def _best_curve(stage: Stage, attack: str, image: str) -> pd.DataFrame:
     """The best trial's rows of one run's curve.csv, without a defence."""
     run_files = {"defence": "none", "attack": attack, "image": image}
-    curve = pd.read_csv(files.input("curve", **run_files))
-    best = io.read_json(files.input("result", **run_files))["best_trial"]
+    curve = pd.read_csv(stage.input("curve", **run_files))
+    best = io.read_json(stage.input("result", **run_files))["best_trial"]
     return curve[curve["trial"] == best]

@@ -4,7 +4,6 @@ gradients and the generator, never a private image or the client's truth."""
 from __future__ import annotations
 
 from logging import Logger
-from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
@@ -13,34 +12,32 @@ from ggl import io
 from ggl.attack import ATTACKS
 from ggl.attack.run import curve_csv, prepare_attacker, run_attack
 from ggl.client import load_received
-from ggl.config import Params
 from ggl.generators import build_generator
+from ggl.pipeline.registry import Stage
 from ggl.runtime import derive_seed, resolve_device
 
-if TYPE_CHECKING:
-    from ggl.pipeline.registry import Files
 
-
-def run(params: Params, files: Files, log: Logger) -> None:
-    defence, attack = files.stage.keys["defence"], files.stage.keys["attack"]
+def run(stage: Stage, log: Logger) -> None:
+    params = stage.params
+    defence, attack = stage.keys["defence"], stage.keys["attack"]
     cfg = params.attacks[attack]
     device = resolve_device(params.device)
-    checkpoint = next((files.input(name) for name in ("generator", "biggan_weights")
-                       if files.has(name)), None)  # None: a plugin generator's own weights
+    checkpoint = next((stage.input(name) for name in ("generator", "biggan_weights")
+                       if stage.has(name)), None)  # None: a plugin generator's own weights
     generator = build_generator(params, checkpoint, device)
     prior = {"kind": params.generator.kind, **generator.info()}
     for image in tqdm(params.image_ids(), desc=f"{attack} on {defence}", unit="img"):
-        attacker = prepare_attacker(load_received(files.input("received", image=image)),
+        attacker = prepare_attacker(load_received(stage.input("received", image=image)),
                                     generator, device, params.scorer)
         # Common random numbers: the same attack starts alike under every defence.
         seed = derive_seed(params.seed, "attack", attack, image)
         best, trials, result = run_attack(ATTACKS.get(cfg.method), attacker, cfg, seed)
-        io.save_torch(files.output("reconstruction", image=image), best.image)
-        io.save_image(files.output("reconstruction_png", image=image), best.image)
+        io.save_torch(stage.output("reconstruction", image=image), best.image)
+        io.save_image(stage.output("reconstruction_png", image=image), best.image)
         latent = best.latent if best.latent is not None else torch.zeros(0)
-        io.save_torch(files.output("latent", image=image), latent)
-        io.write_text(files.output("curve", image=image), curve_csv(trials))
-        io.write_json(files.output("result", image=image), {
+        io.save_torch(stage.output("latent", image=image), latent)
+        io.write_text(stage.output("curve", image=image), curve_csv(trials))
+        io.write_json(stage.output("result", image=image), {
             "image_id": image, "defence": defence, "attack": attack, "generator": prior,
             **result})
     log.info("%s on %s: %d reconstructions", attack, defence, len(params.image_ids()))

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 from logging import Logger
-from typing import TYPE_CHECKING
 
 from ggl import io
-from ggl.config import Params
 from ggl.data import load_part
 from ggl.gan import quality_check
 from ggl.generators import build_generator
+from ggl.pipeline.registry import Stage
 from ggl.runtime import resolve_device
 
-if TYPE_CHECKING:
-    from ggl.pipeline.registry import Files
 
-
-def run(params: Params, files: Files, log: Logger) -> None:
+def run(stage: Stage, log: Logger) -> None:
+    params = stage.params
     device = resolve_device(params.device)
-    checkpoint = files.input("generator")
+    checkpoint = stage.input("generator")
     generator = build_generator(params, checkpoint, device)
-    public, private = load_part(files.input("public")), load_part(files.input("private"))
+    public, private = load_part(stage.input("public")), load_part(stage.input("private"))
     quality = quality_check(generator, *public, *private, device, params.seed,
                             num_classes=params.data.num_classes)
-    io.write_json(files.output("quality"), {**quality, "checkpoint": str(checkpoint)})
+    io.write_json(stage.output("quality"), {**quality, "checkpoint": str(checkpoint)})
     log.info("quality: %s", {k: v for k, v in quality.items() if "histogram" not in k})

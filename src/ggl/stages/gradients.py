@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from logging import Logger
-from typing import TYPE_CHECKING
 
 from ggl import io
 from ggl.client import defended_gradients
-from ggl.config import Params
 from ggl.data import load_part
-
-if TYPE_CHECKING:
-    from ggl.pipeline.registry import Files
+from ggl.pipeline.registry import Stage
 
 
-def run(params: Params, files: Files, log: Logger) -> None:
-    defence = files.stage.keys["defence"]
-    images, labels = load_part(files.input("private"))
+def run(stage: Stage, log: Logger) -> None:
+    params = stage.params
+    defence = stage.keys["defence"]
+    images, labels = load_part(stage.input("private"))
     for image, received, truth in defended_gradients(params, defence, images, labels):
-        io.save_torch(files.output("received", image=image), received)
-        io.write_json(files.output("truth", image=image), truth)
+        io.save_torch(stage.output("received", image=image), received)
+        io.write_json(stage.output("truth", image=image), truth)
     log.info("defence %s: %d client updates", defence, len(params.private_images))

@@ -3,38 +3,35 @@
 from __future__ import annotations
 
 from logging import Logger
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from ggl import io
-from ggl.config import Params
 from ggl.data import load_part
 from ggl.errors import MissingRunError
 from ggl.metrics import CONVENTIONS, Lpips, evaluate
 from ggl.models import build_model
+from ggl.pipeline.registry import Stage
 from ggl.runtime import resolve_device
 
-if TYPE_CHECKING:
-    from ggl.pipeline.registry import Files
 
-
-def run(params: Params, files: Files, log: Logger) -> None:
+def run(stage: Stage, log: Logger) -> None:
+    params = stage.params
     missing = [f"{d}/{a}/{i}" for d, a, i in params.runs()
-               if not files.input("result", defence=d, attack=a, image=i).exists()]
+               if not stage.input("result", defence=d, attack=a, image=i).exists()]
     if missing:
         raise MissingRunError(f"{len(missing)} runs in params have no result yet, e.g. "
                               f"{', '.join(missing[:5])}; run the attack stage first")
     device = resolve_device(params.device)
-    images, _ = load_part(files.input("private"))
+    images, _ = load_part(stage.input("private"))
     model = build_model(params.model, device)
     lpips_metric = Lpips(params.lpips_stand_in, device)
     rows = []
     for defence, attack, image in params.runs():
         run_files = {"defence": defence, "attack": attack, "image": image}
-        result = io.read_json(files.input("result", **run_files))
-        truth = io.read_json(files.input("truth", defence=defence, image=image))
-        reconstruction = io.load_torch(files.input("reconstruction", **run_files))
+        result = io.read_json(stage.input("result", **run_files))
+        truth = io.read_json(stage.input("truth", defence=defence, image=image))
+        reconstruction = io.load_torch(stage.input("reconstruction", **run_files))
         original = images[truth["private_index"]][None].to(device)
         values = evaluate(reconstruction[None].to(device), original, model, lpips_metric)
         rows.append({
@@ -47,6 +44,6 @@ def run(params: Params, files: Files, log: Logger) -> None:
             "loss": result["loss"],
             "generator_stand_in": (result.get("generator") or {}).get("stand_in"),
         })
-    io.write_text(files.output("metrics"), pd.DataFrame(rows).to_csv(index=False))
-    io.write_json(files.output("metrics_conventions"), CONVENTIONS)
-    log.info("%d rows -> %s", len(rows), files.output("metrics"))
+    io.write_text(stage.output("metrics"), pd.DataFrame(rows).to_csv(index=False))
+    io.write_json(stage.output("metrics_conventions"), CONVENTIONS)
+    log.info("%d rows -> %s", len(rows), stage.output("metrics"))

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from logging import Logger
-from typing import TYPE_CHECKING
 
-from ggl.config import Params
 from ggl.data import load_dataset, write_split
-
-if TYPE_CHECKING:
-    from ggl.pipeline.registry import Files
+from ggl.pipeline.registry import Stage
 
 
-def run(params: Params, files: Files, log: Logger) -> None:
+def run(stage: Stage, log: Logger) -> None:
+    params = stage.params
     split = load_dataset(params.data)
-    write_split(split, params.data, files.output("public"), files.output("private"),
-                files.output("index"))
+    write_split(split, params.data, stage.output("public"), stage.output("private"),
+                stage.output("index"))
     log.info("split %s: %d public, %d private images", params.data.dataset,
              len(split.public_images), len(split.private_images))
