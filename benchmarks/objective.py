@@ -237,7 +237,8 @@ def main() -> None:
     parser.add_argument("--biggan-width", type=int, default=0,
                         help="BigGAN channel_width (default: 128, the real one; quick: 4)")
     parser.add_argument("--estimates", default=",".join(ESTIMATES),
-                        help="comma-separated subset of: " + ", ".join(ESTIMATES))
+                        help="comma-separated subset of: "
+                        + ", ".join(ESTIMATES).replace("%", "%%"))  # argparse formats %
     parser.add_argument("--adam-steps", type=int, default=3, help="0: skip the Adam figures")
     parser.add_argument("--scorer", default="auto", choices=("auto", "batched"),
                         help="ours: the policy's choice, or the batched path forced")

@@ -105,8 +105,6 @@ def trial_gradients(model: nn.Module, images: torch.Tensor, label: int | torch.T
 
 # --- the objective ---------------------------------------------------------------------
 
-
-
 class Objective:
     """Scores a batch of latents (n, k) -> (n,) losses; differentiable with respect to them.
 
