@@ -7,7 +7,7 @@ A user extends any table from params without touching this package: a name of th
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from ggl.errors import GglError
@@ -55,12 +55,6 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries or is_plugin(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
 
     def get(self, name: str) -> T:
         if name in self._entries:
