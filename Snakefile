@@ -70,6 +70,9 @@ for k in (k for k in STAGE_KINDS if k.instances(P)):
 
 # Keep DVC in step: after a successful run, record the outputs in dvc.lock so that
 # `dvc repro` has nothing to do (only when dvc.yaml was generated from this params file).
+# --no-relink: relinking gave cached outputs new times, so Snakemake re-ran `aggregate` forever.
 onsuccess:
     if os.path.isdir(".dvc") and check_dvc_yaml(P, PARAMS_FILE, "dvc.yaml") is None:
-        shell("dvc commit --force --quiet || echo 'note: dvc commit failed; run it by hand'")
+        shell(
+            "dvc commit --force --no-relink --quiet || echo 'note: dvc commit failed; run it by hand'"
+        )

@@ -110,7 +110,10 @@ def test_an_attack_is_in_table_2_and_the_convergence_plot_by_its_method(project,
     assert legend == ["ggl-adam", "my-cmaes"]
 
 
-def test_dvc_repro_after_snakemake_does_nothing(project):
+def test_after_snakemake_both_runners_have_nothing_to_do(project):
+    plan = run(["snakemake", "-n"], project)
+    assert "Nothing to be done" in plan.stdout + plan.stderr
+    assert "up to date" in run(["dvc", "status"], project).stdout
     out = run(["dvc", "repro"], project)
     assert "Running stage" not in out.stdout
 
