@@ -55,7 +55,7 @@ VALUES: dict[str, Callable[[Params], list[str]]] = {
 @dataclass(frozen=True)
 class File:
     pattern: str
-    when: Callable[[Params], bool] | None = None  # only for some params
+    when: Callable[[Params], bool] | None = None  # only for some params (besides its stage's)
     report: tuple[str, str] | None = None  # (caption in workflow/report/, category)
 
     def placeholders(self) -> list[str]:
@@ -76,12 +76,20 @@ RUN = "results/{experiment}/attacks/{defence}/{attack}/{image}"
 SAMPLES = ("generator_samples.rst", "Generator")
 TABLE = ("table.rst", "Tables")
 
+
+def available(name: str, params: Params) -> bool:
+    """Whether params have file ``name``: its stage runs, and the file's own condition holds
+    (e.g. Table 2 only with GGL attacks and no defence)."""
+    file = FILES[name]
+    return WRITERS[name].when(params) and (file.when is None or file.when(params))
+
+
 def expand(name: str, params: Params, bound: Keys) -> list[str]:
     """Every path of file ``name``: placeholders in ``bound`` fixed, the others ranging over
     their values in params; [] when params do not have this file."""
-    file = FILES[name]
-    if file.when is not None and not file.when(params):
+    if not available(name, params):
         return []
+    file = FILES[name]
     free = [p for p in dict.fromkeys(file.placeholders()) if p not in bound]
     return [file.pattern.format(**bound, **dict(zip(free, combo, strict=True)))
             for combo in itertools.product(*(VALUES[p](params) for p in free))]
@@ -189,9 +197,7 @@ class Stage:
         return self._path(name, tuple(self.kind.scratch), {})
 
     def has(self, name: str) -> bool:
-        """Whether params have this file (e.g. Table 2 only with GGL attacks and no defence)."""
-        file = FILES[name]
-        return file.when is None or file.when(self.params)
+        return available(name, self.params)
 
     def _path(self, name: str, declared: tuple[str, ...], keys: Keys) -> Path:
         if name not in declared:
@@ -248,11 +254,11 @@ STAGE_KINDS: list[StageKind] = [
         summary="WGAN-GP training of the generator on the public split",
         when=_dcgan,
         inputs=("public",),  # the public split only
-        outputs={"generator": File(f"{GAN}/generator.pt", _dcgan),
-                 "gan_losses": File(f"{GAN}/losses.csv", _dcgan),
-                 "gan_samples": File(f"{GAN}/samples.png", _dcgan, SAMPLES),
-                 "gan_losses_plot": File(f"{GAN}/losses.png", _dcgan, SAMPLES)},
-        scratch={"gan_resume": File(f"{GAN}/resume.pt", _dcgan)},
+        outputs={"generator": File(f"{GAN}/generator.pt"),
+                 "gan_losses": File(f"{GAN}/losses.csv"),
+                 "gan_samples": File(f"{GAN}/samples.png", report=SAMPLES),
+                 "gan_losses_plot": File(f"{GAN}/losses.png", report=SAMPLES)},
+        scratch={"gan_resume": File(f"{GAN}/resume.pt")},
         params=("experiment", "generator", "data.num_classes"),
         threads=8,  # Snakemake lowers this to --cores when fewer are given
         # WGAN-GP, 100 epochs of 162,770 images, 5 critic steps; resumes after a kill
@@ -263,8 +269,8 @@ STAGE_KINDS: list[StageKind] = [
         summary="how recognisable the generator's samples are (a classifier's confidence)",
         when=_dcgan,
         inputs=("generator", "public", "private"),
-        outputs={"quality": File(f"{GAN}/quality.json", _dcgan,
-                                 ("generator_quality.rst", "Generator"))},
+        outputs={"quality": File(f"{GAN}/quality.json",
+                                 report=("generator_quality.rst", "Generator"))},
         params=("experiment", "generator", "seed", "data.image_size", "data.num_classes"),
         # a small CPU classifier, 15 epochs of the public split
         resources={"runtime": 240, "mem_mb": 32000},
@@ -275,9 +281,8 @@ STAGE_KINDS: list[StageKind] = [
         when=_biggan,
         inputs=(),
         # shared by experiments: the published weights never change
-        outputs={"biggan_weights": File("data/biggan/biggan-deep-256-pytorch_model.bin",
-                                        _biggan),
-                 "biggan_config": File("data/biggan/biggan-deep-256-config.json", _biggan)},
+        outputs={"biggan_weights": File("data/biggan/biggan-deep-256-pytorch_model.bin"),
+                 "biggan_config": File("data/biggan/biggan-deep-256-config.json")},
         params=("generator.kind",),
         # downloads 0.25 GB: needs the internet (README: fetch on the login node)
         resources={"runtime": 60, "mem_mb": 4000},
@@ -337,6 +342,7 @@ STAGE_KINDS: list[StageKind] = [
 
 # Every file the pipeline writes, by name: each belongs to the one stage kind that writes it.
 FILES: dict[str, File] = {n: f for k in STAGE_KINDS for n, f in {**k.outputs, **k.scratch}.items()}
+WRITERS: dict[str, StageKind] = {n: k for k in STAGE_KINDS for n in {**k.outputs, **k.scratch}}
 
 
 def kind(name: str) -> StageKind:
@@ -382,8 +388,8 @@ def dvc_yaml(params: Params, params_file: str) -> dict[str, Any]:
     for stage in all_stages(params):
         keys, outs = stage.param_keys(), stage.outs()
         entry: dict[str, Any] = {"cmd": stage.command(params_file)}
-        if stage.deps():
-            entry["deps"] = stage.deps()
+        if deps := stage.deps():
+            entry["deps"] = deps
         entry["params"] = keys if params_file == "params.yaml" else [{params_file: keys}]
         # `dvc metrics show` reads summary.json; `dvc plots` shows the figures and the CSV
         # tables (DVC renders no Markdown: the .md tables stay plain outputs).
