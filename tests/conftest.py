@@ -67,3 +67,12 @@ def run_stage(params, name: str, **keys: str) -> None:
     from ggl.pipeline.registry import Stage, kind
 
     run(Stage(kind(name), params, keys))
+
+
+def assert_tracks(planned: set[str], tracked: set[str]) -> None:
+    """DVC tracks a folder where params decide which files it holds (images, sweeps): every
+    file Snakemake plans is one DVC tracks or lies in exactly one, and each is used."""
+    for path in planned:
+        assert sum(path == t or path.startswith(t + "/") for t in tracked) == 1, path
+    for t in tracked:
+        assert any(path == t or path.startswith(t + "/") for path in planned), t

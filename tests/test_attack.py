@@ -14,7 +14,7 @@ from conftest import run_stage, tiny_params
 from ggl.attack import ATTACKS
 from ggl.attack.run import Attacker
 from ggl.config import Params, ParamsError, attack_config
-from ggl.pipeline.registry import all_stages
+from ggl.pipeline.registry import all_stages, dvc_stage, kind
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,9 @@ def test_the_attacker_never_gets_the_private_image(received):
             assert not any("private" in d or d.endswith(".json") for d in deps), deps
             assert any(d.endswith("generator.pt") for d in deps)
             assert set(stage.kind.inputs) == {"received", "generator", "biggan_weights"}
+    # DVC tracks the received gradients by folder: the clients' truth lies in another
+    dvc_deps = dvc_stage(kind("attack"), trained, "params.yaml")["deps"]
+    assert not any("private" in d or "truth" in d for d in dvc_deps), dvc_deps
 
 
 def test_bad_attack_settings_name_the_key():

@@ -4,6 +4,8 @@ apt: ``GGL_SLURM_TEST=1``) a one-node SLURM cluster with a fake GPU running the 
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import shutil
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, tiny_params
+from conftest import REPO, assert_tracks, tiny_params
 
 from ggl.config import Params, load_params
 from ggl.pipeline.registry import STAGE_KINDS, all_stages, dvc_yaml
@@ -266,10 +268,17 @@ def test_slurm_profile_does_not_queue_gpu_jobs_one_at_a_time(workflow_copy):
 # --- the DVC route for an experiment file ----------------------------------------------------
 
 def dvc_outs(document: dict) -> set[str]:
+    """Every path dvc.yaml tracks as an output, its ``matrix`` fan-out written out (a params
+    file other than params.yaml lists the names)."""
     found = set()
     for stage in document["stages"].values():
-        for section in ("outs", "metrics", "plots"):
-            found |= {o if isinstance(o, str) else next(iter(o)) for o in stage.get(section, [])}
+        paths = [o if isinstance(o, str) else next(iter(o))
+                 for section in ("outs", "metrics") for o in stage.get(section, [])]
+        matrix = stage.get("matrix", {})
+        for combo in itertools.product(*matrix.values()):
+            item = dict(zip(matrix, combo, strict=True))
+            found |= {re.sub(r"\$\{item\.(\w+)\}", lambda m, item=item: item[m[1]], path)
+                      for path in paths}
     return found
 
 
@@ -278,7 +287,37 @@ def test_snakemake_and_dvc_plan_the_same_files_for_an_experiment(workflow_copy, 
     config = f"workflow/experiments/{name}.yaml"
     out = run(["snakemake", "--summary", "--configfile", config], workflow_copy)
     planned = {row.split("\t")[0] for row in out.stdout.splitlines()[1:] if row.strip()}
-    assert planned == dvc_outs(dvc_yaml(load_params(workflow_copy / config), config))
+    assert_tracks(planned, dvc_outs(dvc_yaml(load_params(workflow_copy / config), config)))
+
+
+def test_dvc_set_param_changes_only_the_lines_it_touches(tmp_path):
+    """`dvc exp run -S` rewrites the whole params file in its own YAML style: params.yaml is
+    written in that style, so its comments and examples survive and the diff is the change."""
+    from dvc.utils.hydra import apply_overrides
+
+    copy = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", copy)
+    apply_overrides(str(copy), ["+defences.noise2=[{kind: noise, sigma: 0.05}]",
+                                "attacks.dlg.budget=50"])
+    before = (REPO / "params.yaml").read_text().splitlines()
+    after = copy.read_text().splitlines()
+    removed, added = Counter(before) - Counter(after), Counter(after) - Counter(before)
+    assert removed == Counter(["    budget: 100"])
+    assert added == Counter(["  noise2:", "  - kind: noise", "    sigma: 0.05", "    budget: 50"])
+
+
+def test_dvc_plots_render_offline_with_the_generated_template(tmp_path):
+    """DVC's own template loads Vega from a CDN (blank charts offline); ours inlines it and
+    DVC accepts it as an --html-template."""
+    from dvc_render.html import HTML
+
+    out = tmp_path / "offline.html"
+    run(["ggl", "plots-template", "--output", str(out)], REPO)
+    html = out.read_text()
+    assert "http://" not in html.split("<script>")[0] and "<script src" not in html
+    assert "vegaEmbed" in html
+    page = HTML(html).with_element("<div id='p'>plot</div>").embed()
+    assert "<div id='p'>plot</div>" in page and "{plot_divs}" not in page
 
 
 def ran_stages(stdout: str) -> set[str]:
@@ -286,34 +325,50 @@ def ran_stages(stdout: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_dvc_route_runs_an_experiment_file_and_reruns_only_what_a_change_touches(tmp_path):
-    """README: `ggl dvc-yaml --params FILE`, then `dvc exp run` (or `dvc repro`); a change
-    with `-S FILE:key=value` reruns only the stages that read that key."""
+def test_dvc_experiments_follow_params_and_record_headline_metrics(tmp_path):
+    """README: `dvc exp run` from a fresh clone (no Snakemake run before), `-S` to change a
+    setting (reruns only the stages that read it) or to add a defence (runs its stages),
+    `dvc exp show` and `dvc metrics diff` to compare."""
     root = copy_workflow(tmp_path / "project", dvc=True)
     raw = tiny_params(experiment="tiny-dvc")
     raw["defences"] = {k: raw["defences"][k] for k in ("none", "noise")}
     raw["attacks"] = {k: raw["attacks"][k] for k in ("ggl-adam", "idlg")}
-    config = "workflow/experiments/tiny-dvc.yaml"
-    (root / config).write_text(yaml.safe_dump(raw, sort_keys=False))
-    run(["ggl", "dvc-yaml", "--params", config], root)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run(["ggl", "dvc-yaml"], root)
     run(["git", "init", "-q"], root)
     run(["git", "add", "."], root)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root)
 
     first = run(["dvc", "exp", "run"], root)
-    params = load_params(root / config)
+    params = load_params(root / "params.yaml")
     assert ran_stages(first.stdout) == {s.name for s in all_stages(params)}
     for stage in all_stages(params):
         for out in stage.outs():
             assert (root / out).is_file(), out
-    assert (root / "results/tiny-dvc/summary.json").is_file()
 
-    change = f"{config}:defences.noise=[{{kind: noise, sigma: 0.02}}]"
-    second = run(["dvc", "exp", "run", "-S", change], root)
-    assert ran_stages(second.stdout) == {"gradients__noise", "attack__noise__ggl-adam",
-                                         "attack__noise__idlg", "metrics", "aggregate"}
-    assert yaml.safe_load((root / config).read_text())["defences"]["noise"][0]["sigma"] == 0.02
+    second = run(["dvc", "exp", "run", "-S", "defences.noise=[{kind: noise, sigma: 0.02}]"], root)
+    assert ran_stages(second.stdout) == {"gradients@noise", "attack@noise-ggl-adam",
+                                         "attack@noise-idlg", "metrics", "aggregate"}
+    assert yaml.safe_load((root / "params.yaml").read_text())["defences"]["noise"][0][
+        "sigma"] == 0.02
+
+    clip = "+defences.clip=[{kind: clipping, bound: 1.0, per_layer: false}]"
+    third = run(["dvc", "exp", "run", "-S", clip], root)
+    assert ran_stages(third.stdout) == {"gradients@clip", "attack@clip-ggl-adam",
+                                        "attack@clip-idlg", "metrics", "aggregate"}
+    headline = json.loads((root / "results/tiny-dvc/headline.json").read_text())
+    assert set(headline) == {"none", "noise", "clip", "generator"}
     assert "Running stage" not in run(["dvc", "repro"], root).stdout
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], root).stdout)
+    recorded = [exp for commit in shown for exp in [commit, *(commit.get("experiments") or [])]]
+    def clip_psnr(entry: dict) -> float | None:
+        data = ((entry.get("revs") or [entry])[0]).get("data") or {}
+        metrics = data.get("metrics", {}).get("results/tiny-dvc/headline.json", {})
+        return metrics.get("data", {}).get("clip", {}).get("ggl", {}).get("psnr_db_pm1")
+    assert sum(clip_psnr(e) == headline["clip"]["ggl"]["psnr_db_pm1"] for e in recorded) >= 2
+    diff = run(["dvc", "metrics", "diff", "--json", "HEAD", "workspace"], root)
+    assert "clip.ggl.psnr_db_pm1" in json.loads(diff.stdout)["results/tiny-dvc/headline.json"]
 
 
 # --- opt-in: a real one-node SLURM cluster with a fake GPU -----------------------------------

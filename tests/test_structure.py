@@ -70,7 +70,7 @@ def test_every_file_is_written_by_exactly_one_stage_kind_and_read_by_its_name():
 
 def test_a_stage_gets_only_the_paths_it_declares():
     params = Params.from_raw(tiny_params())
-    (stage,) = [s for s in kind("attack").instances(params) if s.name == "attack__noise__dlg"]
+    (stage,) = [s for s in kind("attack").instances(params) if s.name == "attack@noise-dlg"]
     assert str(stage.output("result", image="img1")) == \
         "results/tiny/attacks/noise/dlg/img1/result.json"
     assert str(stage.input("received", image="img0")) == "results/tiny/gradients/noise/img0.pt"
@@ -96,7 +96,7 @@ def test_an_unexpected_error_keeps_its_traceback_and_a_bad_param_gets_one_line(t
     out = _ggl(tmp_path, "gradients", "--params", "p.yaml", "--defence", "none")
     assert out.returncode == 1
     assert "Traceback" in out.stderr and "RuntimeError: broken on purpose" in out.stderr
-    log = (tmp_path / "logs/tiny/gradients__none.log").read_text()
+    log = (tmp_path / "logs/tiny/gradients@none.log").read_text()
     assert "Traceback" in log and "broken on purpose" in log
 
     raw["defences"]["noise"][0]["sigma"] = -1

@@ -17,14 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from ggl.config import Params, ParamsError, load_params
-from ggl.errors import GglError
+from ggl.errors import GglError, MissingRunError
 from ggl.pipeline.registry import STAGE_KINDS, VALUES, Stage, kind
 
 Handler = Callable[[argparse.Namespace, Params], None]
 
 
 def run_stage(stage: Stage, log: logging.Logger | None = None, **options: Any) -> None:
-    """Run one stage instance's code; every output it declares must exist afterwards."""
+    """Run one stage instance's code: its inputs must exist before, its outputs after."""
+    absent = [path for paths in stage.inputs().values() for path in paths
+              if not Path(path).is_file()]
+    if absent:
+        raise MissingRunError(
+            f"stage {stage.name}: {len(absent)} of its inputs are missing, e.g. "
+            f"{', '.join(absent[:3])}; run the stages that write them first (snakemake plans "
+            f"them; under DVC with a params file other than params.yaml, regenerate dvc.yaml "
+            f"with `ggl dvc-yaml --params FILE` after adding a defence or attack)")
     module = importlib.import_module(stage.kind.module)
     module.run(stage, log or logging.getLogger(f"ggl.{stage.name}"), **options)
     missing = [path for path in stage.outs() if not Path(path).is_file()]
@@ -101,6 +109,35 @@ def cmd_dvc_yaml(args: argparse.Namespace, params: Params) -> None:
     print(f"wrote {args.output}")
 
 
+def cmd_check_reference(args: argparse.Namespace, params: Params) -> None:
+    from ggl.pipeline.registry import FILES
+    from ggl.reference import REFERENCE_DIR, check
+
+    headline = Path(FILES["headline"].pattern.format(experiment=params.experiment))
+    print(check(headline, Path(args.reference or REFERENCE_DIR / f"{params.experiment}.yaml")))
+
+
+OFFLINE_PLOTS = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>ggl: DVC plots</title>
+<script>{bundle}</script>
+<style>body {{ font-family: sans-serif; }} img {{ max-width: 48%; }}</style>
+</head><body>
+{{plot_divs}}
+</body></html>
+"""
+
+
+def cmd_plots_template(args: argparse.Namespace, params: Params) -> None:
+    """DVC's own template loads Vega from a CDN, so its charts are blank offline; this one has
+    Vega, Vega-Lite and Vega-Embed inline (vl-convert's bundle)."""
+    import vl_convert
+
+    from ggl import io
+
+    io.write_text(args.output, OFFLINE_PLOTS.format(bundle=vl_convert.javascript_bundle()))
+    print(f"wrote {args.output}; now: dvc plots show --html-template {args.output}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ggl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -121,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(f"--{name}", action="append", default=[], help=help_text)
     add("fetch-lpips", cmd_fetch_lpips,
         "download torchvision's VGG16 weights for LPIPS into the torch cache (hash-checked)")
+    p = add("check-reference", cmd_check_reference,
+            "compare a run's headline metrics with the committed reference results")
+    p.add_argument("--reference", help="reference file (default: "
+                                       "workflow/reference/<experiment>.yaml)")
+    p = add("plots-template", cmd_plots_template,
+            "write an HTML template with which `dvc plots show` renders offline")
+    p.add_argument("--output", default=".dvc/tmp/plots-offline.html",
+                   help="where to write (default: .dvc/tmp/plots-offline.html)")
     p = add("dvc-yaml", cmd_dvc_yaml, "generate dvc.yaml from the stage registry")
     p.add_argument("--output", default="dvc.yaml", help="where to write (default: dvc.yaml)")
     p.add_argument("--check", action="store_true",

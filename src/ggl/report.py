@@ -97,14 +97,27 @@ def tables(frame: pd.DataFrame, summary: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def summary_metrics(summary: pd.DataFrame, lpips: str) -> dict[str, Any]:
-    """Nested {defence: {attack: {...}}} for `dvc metrics show`."""
+def headline_metrics(summary: pd.DataFrame, lpips: str, ggl: list[str],
+                     quality: dict[str, Any] | None) -> dict[str, Any]:
+    """A few figures that compare experiments (`dvc exp show`, `dvc metrics diff`, the
+    reference check): per defence, the best GGL attack and the best baseline by mean PSNR, and
+    the generator's confidence ratio. Means over images; PSNR in dB on [-1, 1]; the LPIPS key
+    names its backbone (``lpips_vgg_stand_in``: random weights)."""
     out: dict[str, Any] = {}
-    for row in summary.itertuples(index=False):
-        row = row._asdict()
-        out.setdefault(row["defence"], {})[row["attack"]] = {
-            "psnr_db_pm1": round(row["psnr_db_pm1_mean"], 4),
-            lpips: round(row[f"{lpips}_mean"], 4), "ssim": round(row["ssim_mean"], 4)}
+    for defence, rows in summary.groupby("defence", sort=False):
+        entry: dict[str, Any] = {}
+        is_ggl = rows["attack"].isin(ggl)
+        for family, members in (("ggl", rows[is_ggl]), ("baseline", rows[~is_ggl])):
+            if members.empty:
+                continue
+            best = members.loc[members["psnr_db_pm1_mean"].idxmax()]
+            entry[family] = {"attack": best["attack"],
+                             "psnr_db_pm1": round(float(best["psnr_db_pm1_mean"]), 3),
+                             lpips: round(float(best[f"{lpips}_mean"]), 4),
+                             "ssim": round(float(best["ssim_mean"]), 4)}
+        out[defence] = entry
+    if quality is not None:
+        out["generator"] = {"confidence_ratio": round(quality["confidence_ratio"], 4)}
     return out
 
 

@@ -132,9 +132,13 @@ class StageKind:
         return [Stage(self, params, dict(zip(self.wildcards, combo, strict=True)))
                 for combo in itertools.product(*values)]
 
+    def stage_name(self, keys: Keys) -> str:
+        """DVC's name for one instance: ``attack@none-ggl-adam``; logs and messages use it too."""
+        return self.name + ("@" + "-".join(keys.values()) if keys else "")
+
     def log(self, experiment: str) -> str:
-        return "__".join([f"logs/{experiment}/{self.name}",
-                          *(f"{{{w}}}" for w in self.wildcards)]) + ".log"
+        placeholders = {w: f"{{{w}}}" for w in self.wildcards}
+        return f"logs/{experiment}/{self.stage_name(placeholders)}.log"
 
 
 class UndeclaredFile(KeyError):
@@ -154,7 +158,7 @@ class Stage:
 
     @property
     def name(self) -> str:
-        return "__".join([self.kind.name, *self.keys.values()])
+        return self.kind.stage_name(self.keys)
 
     def _bound(self) -> Keys:
         return {"experiment": self.params.experiment, **self.keys}
@@ -243,7 +247,7 @@ STAGE_KINDS: list[StageKind] = [
         inputs=("private",),
         # what the server receives, and the client's truth (for the metrics stage only)
         outputs={"received": File("results/{experiment}/gradients/{defence}/{image}.pt"),
-                 "truth": File("results/{experiment}/gradients/{defence}/{image}.json")},
+                 "truth": File("results/{experiment}/truth/{defence}/{image}.json")},
         params=("experiment", "seed", "private_images", "data.image_size", "data.num_classes",
                 "model", "defences.{defence}"),
         # per image one backward pass; Soteria: 512 feature Jacobians
@@ -320,7 +324,7 @@ STAGE_KINDS: list[StageKind] = [
     StageKind(
         name="aggregate",
         summary="the paper's tables and figures from metrics.csv",
-        inputs=("metrics", "private", "reconstruction", "result", "curve"),
+        inputs=("metrics", "private", "reconstruction", "result", "curve", "quality"),
         outputs={"summary_csv": File(f"{OUT}/tables/summary.csv", report=TABLE),
                  "table3_csv": File(f"{OUT}/tables/table3.csv", report=TABLE),
                  "table3_md": File(f"{OUT}/tables/table3.md"),
@@ -334,7 +338,9 @@ STAGE_KINDS: list[StageKind] = [
                                     report=("sweep.rst", "Defence strength")),
                  "convergence": File(f"{OUT}/figures/convergence.png", has_table2,
                                      ("convergence.rst", "Convergence")),
-                 "summary_json": File(f"{OUT}/summary.json")},  # `dvc metrics show`
+                 "convergence_csv": File(f"{OUT}/tables/convergence.csv", has_table2),
+                 # a few headline figures per experiment: `dvc exp show`, `dvc metrics diff`
+                 "headline": File(f"{OUT}/headline.json")},
         params=("experiment", "defences", "attacks", "private_images"),
         resources={"runtime": 30, "mem_mb": 8000},
     ),
@@ -382,30 +388,82 @@ def constraints(k: StageKind, params: Params) -> Keys:
 
 # --- dvc.yaml -----------------------------------------------------------------------------
 
+# The params list each wildcard ranges over: DVC's `matrix` fans a stage kind out over it, so
+# `dvc exp run -S` with a new defence or attack creates and runs its stages.
+MATRIX = {"defence": "defences", "attack": "attacks"}
+
+
+def dvc_path(file: File, bound: Keys) -> str:
+    """The path DVC tracks for ``file``: the file itself, or the folder above its first
+    placeholder not in ``bound`` when the file ranges over params values or exists for some
+    params only (DVC cannot list such files from params)."""
+    parts = file.pattern.split("/")
+    cut = next((i for i, part in enumerate(parts)
+                if set(File(part).placeholders()) - set(bound)), None)
+    if cut is None and file.when is not None:
+        cut = len(parts) - 1
+    return "/".join(parts[:cut]).format(**bound)
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    """``paths`` without repeats and without those inside another (DVC forbids overlaps)."""
+    unique = list(dict.fromkeys(paths))
+    return [p for p in unique if not any(p.startswith(q + "/") for q in unique)]
+
+
+def dvc_stage(k: StageKind, params: Params, params_file: str) -> dict[str, Any]:
+    """One dvc.yaml stage for kind ``k``, fanned out with ``matrix`` over its wildcards. With
+    params.yaml the lists and names are DVC template expressions read from it; another params
+    file cannot be a template source beside params.yaml (DVC refuses to redefine its keys), so
+    its names are written out and dvc.yaml must be regenerated after adding one."""
+    template = params_file == "params.yaml"
+    bound = {"experiment": "${experiment}" if template else params.experiment,
+             **{w: f"${{item.{w}}}" for w in k.wildcards}}
+    entry: dict[str, Any] = {}
+    if k.wildcards:
+        entry["matrix"] = {w: f"${{{MATRIX[w]}}}" if template else VALUES[w](params)
+                           for w in k.wildcards}
+    options = (f"--{w} {bound[w]}" for w in k.wildcards)
+    entry["cmd"] = " ".join(["ggl", k.name, "--params", params_file, *options])
+    inputs = [dvc_path(FILES[n], bound) for n in k.inputs if WRITERS[n].when(params)]
+    entry["deps"] = _outermost(inputs) + closure(k.module)
+    keys = [key.format(**bound) for key in k.params]
+    entry["params"] = keys if template else [{params_file: keys}]
+    entry["outs"] = _outermost([dvc_path(f, bound) for n, f in k.outputs.items()
+                                if n != "headline"])
+    if "headline" in k.outputs:  # kept in git, so that DVC experiments record it
+        entry["metrics"] = [{dvc_path(FILES["headline"], bound): {"cache": False}}]
+    return entry
+
+
+# `dvc plots show`: id -> (file, x, y, template in workflow/plots/, title); and the figures.
+DVC_PLOTS = {
+    "psnr_per_image": ("metrics", "attack", "psnr_db_pm1", "points",
+                       "PSNR (dB, [-1, 1]) per image, by defence"),
+    "ssim_per_image": ("metrics", "attack", "ssim", "points", "SSIM per image, by defence"),
+    "convergence": ("convergence_csv", "evaluations", "best_loss", "curves",
+                    "GGL's best objective so far, no defence, one line per image"),
+}
+
+
 def dvc_yaml(params: Params, params_file: str) -> dict[str, Any]:
     """The dvc.yaml document for one params file."""
-    stages: dict[str, Any] = {}
-    for stage in all_stages(params):
-        keys, outs = stage.param_keys(), stage.outs()
-        entry: dict[str, Any] = {"cmd": stage.command(params_file)}
-        if deps := stage.deps():
-            entry["deps"] = deps
-        entry["params"] = keys if params_file == "params.yaml" else [{params_file: keys}]
-        # `dvc metrics show` reads summary.json; `dvc plots` shows the figures and the CSV
-        # tables (DVC renders no Markdown: the .md tables stay plain outputs).
-        metrics = [o for o in outs if o.endswith("/summary.json")]
-        plots = [o for o in outs if "/figures/" in o or ("/tables/" in o and o.endswith(".csv"))]
-        entry["outs"] = [o for o in outs if o not in metrics + plots]
-        for section, paths in (("metrics", metrics), ("plots", plots)):
-            if paths:
-                entry[section] = [{path: {"cache": False}} for path in paths]
-        stages[stage.name] = entry
-    return {"stages": stages}
+    bound = {"experiment": "${experiment}" if params_file == "params.yaml"
+             else params.experiment}
+    plots: list[dict[str, Any]] = [
+        {plot: {"template": f"workflow/plots/{template}.json", "x": x,
+                "y": {FILES[name].pattern.format(**bound): y}, "title": title}}
+        for plot, (name, x, y, template, title) in DVC_PLOTS.items()]
+    plots.append({dvc_path(FILES["metric_plot"], bound): {}})  # the PNG figures
+    return {"stages": {k.name: dvc_stage(k, params, params_file)
+                       for k in STAGE_KINDS if k.when(params)}, "plots": plots}
 
 
 DVC_HEADER = ("# Generated by `ggl dvc-yaml --params {params_file}` from the stage registry in\n"
               "# src/ggl/pipeline/registry.py. Do not edit: regenerate it after changing the\n"
-              "# stage list or params' names (`ggl dvc-yaml --check` fails when it is stale).\n")
+              "# stage list, the code's imports or generator.kind (`ggl dvc-yaml --check` fails\n"
+              "# when it is stale). Stages fan out over the defences and attacks of params.yaml\n"
+              "# (another params file's are listed: regenerate after adding one).\n")
 
 
 def render_dvc_yaml(params: Params, params_file: str) -> str:

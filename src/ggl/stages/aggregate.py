@@ -13,11 +13,11 @@ from ggl.report import (
     check_complete,
     convergence_plot,
     ggl_attacks,
+    headline_metrics,
     lpips_column,
     metric_plot,
     reconstruction_grid,
     summarise,
-    summary_metrics,
     sweep_plot,
     tables,
 )
@@ -33,7 +33,9 @@ def run(stage: Stage, log: Logger) -> None:
     for name in stage.kind.outputs:
         if name in texts:
             io.write_text(stage.output(name), texts[name])
-    io.write_json(stage.output("summary_json"), summary_metrics(summary, lpips))
+    quality = io.read_json(stage.input("quality")) if stage.has("quality") else None
+    io.write_json(stage.output("headline"),
+                  headline_metrics(summary, lpips, ggl_attacks(frame), quality))
 
     images, _ = load_part(stage.input("private"))
     for index, image in zip(params.private_images, params.image_ids(), strict=True):
@@ -52,6 +54,11 @@ def run(stage: Stage, log: Logger) -> None:
         curves = {attack: [_best_curve(stage, attack, image) for image in params.image_ids()]
                   for attack in ggl_attacks(frame)}
         io.save_figure(stage.output("convergence"), convergence_plot(curves, "none"))
+        io.write_text(stage.output("convergence_csv"), pd.concat(
+            [curve.assign(attack=attack, image_id=image)[
+                ["attack", "image_id", "evaluations", "best_loss"]]
+             for attack, frames in curves.items()
+             for image, curve in zip(params.image_ids(), frames, strict=True)]).to_csv(index=False))
     log.info("tables and figures of %d runs", len(frame))
 
 

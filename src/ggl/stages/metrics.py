@@ -8,7 +8,6 @@ import pandas as pd
 
 from ggl import io
 from ggl.data import load_part
-from ggl.errors import MissingRunError
 from ggl.metrics import CONVENTIONS, Lpips, evaluate
 from ggl.models import build_model
 from ggl.pipeline.registry import Stage
@@ -17,11 +16,6 @@ from ggl.runtime import resolve_device
 
 def run(stage: Stage, log: Logger) -> None:
     params = stage.params
-    missing = [f"{d}/{a}/{i}" for d, a, i in params.runs()
-               if not stage.input("result", defence=d, attack=a, image=i).exists()]
-    if missing:
-        raise MissingRunError(f"{len(missing)} runs in params have no result yet, e.g. "
-                              f"{', '.join(missing[:5])}; run the attack stage first")
     device = resolve_device(params.device)
     images, _ = load_part(stage.input("private"))
     model = build_model(params.model, device)
