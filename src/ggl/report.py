@@ -4,8 +4,10 @@ aggregate stage writes them where the registry says."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -126,12 +128,15 @@ def sweep_plot(frame: pd.DataFrame, kind: str, strengths: dict[str, float], lpip
     plt = _plt()
     rows = frame[frame["defence"].isin(strengths)].assign(
         strength=lambda f: f["defence"].map(strengths))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for ax, metric in zip(axes, ("psnr_db_pm1", lpips), strict=True):
-        sns.lineplot(rows, x="strength", y=metric, hue="attack", marker="o", errorbar="sd", ax=ax)
+        sns.lineplot(rows, x="strength", y=metric, hue="attack", marker="o", errorbar="sd", ax=ax,
+                     legend="auto" if ax is axes[-1] else False)
         ax.set_xlabel(f"{kind} {STRENGTH[kind]}")
-        ax.legend(fontsize=7)
+        clamp_to_range(ax, metric)
+    legend_outside(axes[-1])
     fig.suptitle(f"attack quality against {kind} strength (mean ± sd over images)", fontsize=9)
+    fig.tight_layout()
     return fig
 
 
@@ -159,14 +164,69 @@ def reconstruction_grid(private: torch.Tensor, reconstructions: dict[str, dict[s
     return fig
 
 
+# What each metric can be: PSNR on [-1, 1] images (peak 1) is at least 10 log10(1 / 4), MSE
+# being at most 4; on [0, 1] images at least 0 dB. LPIPS has no upper bound.
+METRIC_RANGE: dict[str, tuple[float, float]] = {
+    "psnr_db_pm1": (10 * math.log10(1 / 4), math.inf), "psnr_db_01": (0.0, math.inf),
+    "ssim": (-1.0, 1.0), "lpips": (0.0, math.inf), "mse_i": (0.0, 4.0), "mse_r": (0.0, math.inf)}
+BETTER = {"psnr_db_pm1": "higher", "psnr_db_01": "higher", "ssim": "higher", "lpips": "lower",
+          "mse_i": "lower", "mse_r": "lower"}  # for the attacker: more leakage
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    return METRIC_RANGE["lpips" if metric.startswith("lpips") else metric]
+
+
+def clamp_to_range(ax: Any, metric: str) -> None:
+    """Keep the y axis within the values the metric can take (autoscaling pads past them)."""
+    low, high = metric_range(metric)
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(max(bottom, low), min(top, high))
+
+
+def legend_outside(ax: Any, **kwargs: Any) -> None:
+    """The legend right of the axes, where it covers no data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=7,
+              frameon=False, **kwargs)
+
+
+def _spread(n: int, width: float) -> np.ndarray:
+    """Fixed horizontal offsets for n points, so that equal values stay visible side by side."""
+    return np.linspace(-width / 2, width / 2, n) if n > 1 else np.zeros(1)
+
+
 def metric_plot(frame: pd.DataFrame, metric: str) -> Any:
-    import seaborn as sns
+    """Per-image values of one metric (points) with their mean (a bar across them), per defence
+    (x) and attack (colour)."""
+    from matplotlib.lines import Line2D
 
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.2 * frame["defence"].nunique() + 3, 3.5))
-    sns.barplot(frame, x="defence", y=metric, hue="attack", errorbar="sd", ax=ax)
-    ax.set_title(f"{metric} per defence and attack (mean ± sd over images)", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    defences = list(dict.fromkeys(frame["defence"]))
+    attacks = list(dict.fromkeys(frame["attack"]))
+    slot = 0.8 / len(attacks)
+    fig, ax = plt.subplots(figsize=(1.3 * len(defences) + 2.5, 3.5))
+    for j, attack in enumerate(attacks):
+        for i, defence in enumerate(defences):
+            values = frame.loc[(frame["defence"] == defence) & (frame["attack"] == attack),
+                               metric].to_numpy(dtype=float)
+            values = values[np.isfinite(values)]  # PSNR is inf for an exact copy
+            if not len(values):
+                continue
+            x = i - 0.4 + slot * (j + 0.5)
+            ax.scatter(x + _spread(len(values), slot * 0.5), values, s=10, color=f"C{j}",
+                       alpha=0.8, linewidths=0, label=attack if i == 0 else None)
+            ax.hlines(values.mean(), x - slot * 0.45, x + slot * 0.45, color=f"C{j}", lw=2)
+    for i in range(1, len(defences)):
+        ax.axvline(i - 0.5, color="0.88", lw=0.8)
+    ax.set_xticks(range(len(defences)), defences, fontsize=8)
+    ax.set_xlim(-0.5, len(defences) - 0.5)
+    ax.set_ylabel(f"{metric} ({BETTER['lpips' if metric.startswith('lpips') else metric]} = "
+                  "more leakage)", fontsize=8)
+    clamp_to_range(ax, metric)
+    handles, _ = ax.get_legend_handles_labels()
+    legend_outside(ax, handles=[*handles, Line2D([], [], color="0.3", lw=2, label="mean")],
+                   title="attack")
+    ax.set_title(f"{metric}: one point per private image, bar = mean", fontsize=9)
     return fig
 
 
@@ -183,5 +243,5 @@ def convergence_plot(curves: dict[str, list[pd.DataFrame]], defence: str) -> Any
     ax.set_ylabel("best GGL objective so far")
     ax.set_yscale("log")
     ax.set_title(f"convergence under defence '{defence}'", fontsize=9)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     return fig
