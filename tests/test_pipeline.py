@@ -127,7 +127,7 @@ def test_the_tables_are_readable_html_with_every_row(project):
     summary = tables_of((tables / "summary.html").read_text())[0]
     assert len(summary) - 1 == len(table3)
     overview = (tables / "overview.html").read_text()
-    assert [r[0] for r in tables_of(overview)[0][1:]] == ["none", "noise", "clipping"]
+    assert [r[0] for r in tables_of(overview)[0][2:]] == ["none", "noise", "clipping"]
     quality = yaml.safe_load((project / "results/tiny/generator/quality.json").read_text())
     assert f"{quality['confidence_ratio']:.4g}" in overview
     assert "over 2 private images" in overview and "http" not in overview

@@ -44,16 +44,20 @@ def page(title: str, conventions: list[str], body: str) -> str:
             "</body></html>\n")
 
 
-def table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+def table(header: list[str], rows: list[list[str]], text_columns: tuple[int, ...] = (),
+          groups: list[tuple[str, int]] | None = None) -> str:
     """An HTML table; ``rows`` hold HTML cells (escape text first), the first column a row
-    header, columns from ``numeric_from`` on right-aligned."""
+    header, the others right-aligned numbers except ``text_columns``. ``groups``: an extra
+    header row of (label, columns spanned)."""
+    top = "" if groups is None else "<tr>" + "".join(
+        f'<th colspan="{n}">{esc(label)}</th>' for label, n in groups) + "</tr>\n"
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<th>{c}</th>" if k == 0 else
-                         f'<td class="num">{c}</td>' if k >= numeric_from else f"<td>{c}</td>"
+                         f"<td>{c}</td>" if k in text_columns else f'<td class="num">{c}</td>'
                          for k, c in enumerate(row)) + "</tr>\n"
         for row in rows)
-    return f"<table>\n<tr>{head}</tr>\n{body}</table>"
+    return f"<table>\n{top}<tr>{head}</tr>\n{body}</table>"
 
 
 def number(value: float) -> str:
@@ -120,7 +124,7 @@ def budgets(frame: pd.DataFrame) -> str:
     rows = [[esc(a), esc(r.method), number(r.evaluations), number(r.seconds)]
             for a, r in spent.iterrows()]
     return table(["attack", "method", "evaluations per image", "seconds per image"], rows,
-                 numeric_from=2)
+                 text_columns=(1,))
 
 
 def table2_page(frame: pd.DataFrame, summary: pd.DataFrame, experiment: str) -> str:
@@ -159,7 +163,7 @@ def summary_page(frame: pd.DataFrame, summary: pd.DataFrame, experiment: str) ->
              number(r["label_accuracy"]), str(int(r["images"]))]
             for _, r in summary.iterrows()]
     body = table(["defence", "attack", *(NAMES.get(m, m) for m in metrics), "label accuracy",
-                  "images"], rows, numeric_from=2)
+                  "images"], rows, text_columns=(1,))
     return page(f"{experiment}: summary of every run", conventions(frame), body)
 
 
@@ -264,10 +268,13 @@ def overview_page(frame: pd.DataFrame, summary: pd.DataFrame, experiment: str,
              number(r["baseline_lpips"]), number(r["baseline_ssim"]), verdict(r["margin_db"]),
              *([_paper_best_ggl(experiment, r["defence"], ggl)] if paper else [])]
             for _, r in best.iterrows()]
-    header = ["defence", "best GGL attack", "PSNR", "LPIPS", "SSIM", "best baseline", "PSNR",
-              "LPIPS", "SSIM", "GGL beats it (PSNR)?", *(["paper: best GGL"] if paper else [])]
+    header = ["defence", "attack", "PSNR", "LPIPS", "SSIM", "attack", "PSNR", "LPIPS", "SSIM",
+              "GGL beats it (PSNR)?", *(["attack and source"] if paper else [])]
+    groups = [("", 1), ("best GGL attack", 4), ("best baseline", 4), ("", 1),
+              *([("the paper's best GGL", 1)] if paper else [])]
+    grid = table(header, rows, text_columns=(1, 5, 9, 10), groups=groups)
     body = (f"<p><strong>{esc(sentence(best))}</strong></p>"
-            + table(header, rows)
+            + grid
             + "<p>Best = highest mean PSNR ([-1, 1] convention, dB) over the private images; "
               "higher PSNR and SSIM, lower LPIPS = more leakage. The full tables: Table 2, "
               "Table 3 and the summary, under Tables.</p>"
