@@ -12,7 +12,7 @@ import pandas as pd
 
 from ggl.metrics import CONVENTIONS
 from ggl.paper import NOTES, paper_cell
-from ggl.report import ggl_attacks, lpips_column, lpips_note, metric_columns
+from ggl.report import ggl_attacks, lpips_column, lpips_note
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.2em; color: #222; }
@@ -20,6 +20,7 @@ h1 { font-size: 1.3em; } h2 { font-size: 1.1em; margin-top: 1.4em; }
 table { border-collapse: collapse; margin: 0.6em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
 th { background: #f2f2f2; text-align: left; }
+tr > th:first-child { white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .paper { color: #666; font-size: 0.85em; display: block; }
 .no { color: #a00; font-weight: bold; } .yes { color: #070; font-weight: bold; }
@@ -127,11 +128,16 @@ def budgets(frame: pd.DataFrame) -> str:
                  text_columns=(1,))
 
 
+def paper_order(frame: pd.DataFrame) -> list[str]:
+    """The metric columns, the paper's (PSNR, LPIPS) first."""
+    return ["psnr_db_pm1", lpips_column(frame), "ssim", "mse_i", "mse_r", "psnr_db_01"]
+
+
 def table2_page(frame: pd.DataFrame, summary: pd.DataFrame, experiment: str) -> str:
     """Table 2: the GGL attacks without a defence, one row per attack, one column per metric."""
-    rows_in = summary[(summary["defence"] == "none")
-                      & summary["attack"].isin(ggl_attacks(frame))]
-    metrics = metric_columns(frame)
+    ggl = ggl_attacks(frame)
+    rows_in = summary[(summary["defence"] == "none") & summary["attack"].isin(ggl)]
+    metrics = paper_order(frame)
     rows = [[esc(r["attack"]),
              *(esc(mean_std(r[f"{m}_mean"], r[f"{m}_std"]))
                + (_paper_note(experiment, "none", r["attack"], m) if _paper_comparable(m)
@@ -141,15 +147,14 @@ def table2_page(frame: pd.DataFrame, summary: pd.DataFrame, experiment: str) -> 
     body = table(["attack", *(NAMES.get(m, m) for m in metrics), "label accuracy"], rows)
     return page(f"{experiment}: Table 2, GGL optimisers without defence",
                 conventions(frame) + _paper_conventions(experiment, frame),
-                body + "<h2>Budgets spent</h2>" + budgets(frame[frame["defence"] == "none"]))
+                body + "<h2>Budgets spent</h2>"
+                + budgets(frame[(frame["defence"] == "none") & frame["attack"].isin(ggl)]))
 
 
 def table3_page(frame: pd.DataFrame, summary: pd.DataFrame, experiment: str) -> str:
     """Table 3: every attack under every defence, one grid per metric."""
-    lpips = lpips_column(frame)
     body = "".join(f"<h2>{esc(NAMES.get(m, m))} <small>({esc(m)})</small></h2>"
-                   + metric_grid(summary, m, experiment)
-                   for m in ("psnr_db_pm1", lpips, "ssim", "mse_i", "mse_r", "psnr_db_01"))
+                   + metric_grid(summary, m, experiment) for m in paper_order(frame))
     return page(f"{experiment}: Table 3, every attack under every defence",
                 conventions(frame) + _paper_conventions(experiment, frame),
                 body + "<h2>Budgets spent</h2>" + budgets(frame))
@@ -157,7 +162,7 @@ def table3_page(frame: pd.DataFrame, summary: pd.DataFrame, experiment: str) -> 
 
 def summary_page(frame: pd.DataFrame, summary: pd.DataFrame, experiment: str) -> str:
     """The summary table: one row per (defence, attack), every metric."""
-    metrics = metric_columns(frame)
+    metrics = paper_order(frame)
     rows = [[esc(r["defence"]), esc(r["attack"]),
              *(esc(mean_std(r[f"{m}_mean"], r[f"{m}_std"])) for m in metrics),
              number(r["label_accuracy"]), str(int(r["images"]))]
