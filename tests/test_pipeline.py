@@ -7,9 +7,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, assert_tracks, run_stage, tiny_params
+from test_report import grid, leading_number, tables_of
 
 from ggl.config import load_params
 from ggl.pipeline.registry import all_stages, check_dvc_yaml
@@ -107,6 +109,27 @@ def test_an_attack_is_in_table_2_and_the_convergence_plot_by_its_method(project,
     run_stage(load_params(project / "params.yaml"), "aggregate")
     legend = [t.get_text() for t in figures["convergence.png"].axes[0].get_legend().get_texts()]
     assert legend == ["ggl-adam", "my-cmaes"]
+    assert figures["ssim.png"].axes[0].get_ylim()[1] <= 1  # points, not bars past the range
+    assert figures["lpips.png"].axes[0].get_ylim()[0] >= 0
+
+
+def test_the_tables_are_readable_html_with_every_row(project):
+    tables = project / "results/tiny/tables"
+    table3 = pd.read_csv(tables / "table3.csv")
+    psnr = grid(tables_of((tables / "table3.html").read_text())[0])
+    assert set(psnr) == set(zip(table3["attack"], table3["defence"], strict=True))
+    for row in table3.itertuples():
+        assert leading_number(psnr[(row.attack, row.defence)]) == pytest.approx(
+            row.psnr_db_pm1_mean, rel=1e-3)
+    table2 = tables_of((tables / "table2.html").read_text())[0]
+    assert [r[0] for r in table2[1:]] == ["ggl-adam", "my-cmaes"]
+    summary = tables_of((tables / "summary.html").read_text())[0]
+    assert len(summary) - 1 == len(table3)
+    overview = (tables / "overview.html").read_text()
+    assert [r[0] for r in tables_of(overview)[0][2:]] == ["none", "noise", "clipping"]
+    quality = yaml.safe_load((project / "results/tiny/generator/quality.json").read_text())
+    assert f"{quality['confidence_ratio']:.4g}" in overview
+    assert "over 2 private images" in overview and "http" not in overview
 
 
 def test_after_snakemake_both_runners_have_nothing_to_do(project):
@@ -158,3 +181,4 @@ def test_the_report_builds(project):
     run(["snakemake", "--report", "results/tiny/report.html"], project)
     html = (project / "results/tiny/report.html").read_text(errors="ignore")
     assert "reconstructions_img0" in html and "stand" in html.lower()
+    assert all(f"{name}.html" in html for name in ("overview", "table2", "table3", "summary"))

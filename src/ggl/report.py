@@ -4,8 +4,10 @@ aggregate stage writes them where the registry says."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -97,25 +99,41 @@ def tables(frame: pd.DataFrame, summary: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def headline_metrics(summary: pd.DataFrame, lpips: str, ggl: list[str],
+def headline(frame: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per defence, the best GGL attack and the best other attack (baseline) by mean PSNR
+    ([-1, 1] convention), with their mean LPIPS and SSIM; a side is NaN when params have no
+    attack of that kind."""
+    lpips = lpips_column(frame)
+    is_ggl = summary["attack"].isin(ggl_attacks(frame))
+    rows = []
+    for defence in dict.fromkeys(summary["defence"]):
+        row: dict[str, Any] = {"defence": defence}
+        for side, mask in (("ggl", is_ggl), ("baseline", ~is_ggl)):
+            part = summary[mask & (summary["defence"] == defence)]
+            best = part.loc[part["psnr_db_pm1_mean"].idxmax()] if len(part) else None
+            row[f"{side}_attack"] = None if best is None else best["attack"]
+            for metric in ("psnr_db_pm1", lpips, "ssim"):
+                key = "lpips" if metric == lpips else metric
+                row[f"{side}_{key}"] = math.nan if best is None else best[f"{metric}_mean"]
+        row["margin_db"] = row["ggl_psnr_db_pm1"] - row["baseline_psnr_db_pm1"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def headline_metrics(frame: pd.DataFrame, summary: pd.DataFrame,
                      quality: dict[str, Any] | None) -> dict[str, Any]:
-    """A few figures that compare experiments (`dvc exp show`, `dvc metrics diff`, the
-    reference check): per defence, the best GGL attack and the best baseline by mean PSNR, and
-    the generator's confidence ratio. Means over images; PSNR in dB on [-1, 1]; the LPIPS key
-    names its backbone (``lpips_vgg_stand_in``: random weights)."""
+    """``headline`` as the figures experiments are compared by (`dvc exp show`, `dvc metrics
+    diff`, the reference check), with the generator's confidence ratio. The LPIPS key names its
+    backbone (``lpips_vgg_stand_in``: random weights)."""
+    lpips = lpips_column(frame)
     out: dict[str, Any] = {}
-    for defence, rows in summary.groupby("defence", sort=False):
-        entry: dict[str, Any] = {}
-        is_ggl = rows["attack"].isin(ggl)
-        for family, members in (("ggl", rows[is_ggl]), ("baseline", rows[~is_ggl])):
-            if members.empty:
-                continue
-            best = members.loc[members["psnr_db_pm1_mean"].idxmax()]
-            entry[family] = {"attack": best["attack"],
-                             "psnr_db_pm1": round(float(best["psnr_db_pm1_mean"]), 3),
-                             lpips: round(float(best[f"{lpips}_mean"]), 4),
-                             "ssim": round(float(best["ssim_mean"]), 4)}
-        out[defence] = entry
+    for row in headline(frame, summary).to_dict("records"):
+        out[row["defence"]] = {side: {
+            "attack": row[f"{side}_attack"],
+            "psnr_db_pm1": round(float(row[f"{side}_psnr_db_pm1"]), 3),
+            lpips: round(float(row[f"{side}_lpips"]), 4),
+            "ssim": round(float(row[f"{side}_ssim"]), 4),
+        } for side in ("ggl", "baseline") if row[f"{side}_attack"] is not None}
     if quality is not None:
         out["generator"] = {"confidence_ratio": round(quality["confidence_ratio"], 4)}
     return out
@@ -139,12 +157,15 @@ def sweep_plot(frame: pd.DataFrame, kind: str, strengths: dict[str, float], lpip
     plt = _plt()
     rows = frame[frame["defence"].isin(strengths)].assign(
         strength=lambda f: f["defence"].map(strengths))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for ax, metric in zip(axes, ("psnr_db_pm1", lpips), strict=True):
-        sns.lineplot(rows, x="strength", y=metric, hue="attack", marker="o", errorbar="sd", ax=ax)
+        sns.lineplot(rows, x="strength", y=metric, hue="attack", marker="o", errorbar="sd", ax=ax,
+                     legend="auto" if ax is axes[-1] else False)
         ax.set_xlabel(f"{kind} {STRENGTH[kind]}")
-        ax.legend(fontsize=7)
+        clamp_to_range(ax, metric)
+    legend_outside(axes[-1])
     fig.suptitle(f"attack quality against {kind} strength (mean ± sd over images)", fontsize=9)
+    fig.tight_layout()
     return fig
 
 
@@ -172,14 +193,69 @@ def reconstruction_grid(private: torch.Tensor, reconstructions: dict[str, dict[s
     return fig
 
 
+# What each metric can be: PSNR on [-1, 1] images (peak 1) is at least 10 log10(1 / 4), MSE
+# being at most 4; on [0, 1] images at least 0 dB. LPIPS has no upper bound.
+METRIC_RANGE: dict[str, tuple[float, float]] = {
+    "psnr_db_pm1": (10 * math.log10(1 / 4), math.inf), "psnr_db_01": (0.0, math.inf),
+    "ssim": (-1.0, 1.0), "lpips": (0.0, math.inf), "mse_i": (0.0, 4.0), "mse_r": (0.0, math.inf)}
+BETTER = {"psnr_db_pm1": "higher", "psnr_db_01": "higher", "ssim": "higher", "lpips": "lower",
+          "mse_i": "lower", "mse_r": "lower"}  # for the attacker: more leakage
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    return METRIC_RANGE["lpips" if metric.startswith("lpips") else metric]
+
+
+def clamp_to_range(ax: Any, metric: str) -> None:
+    """Keep the y axis within the values the metric can take (autoscaling pads past them)."""
+    low, high = metric_range(metric)
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(max(bottom, low), min(top, high))
+
+
+def legend_outside(ax: Any, **kwargs: Any) -> None:
+    """The legend right of the axes, where it covers no data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=7,
+              frameon=False, **kwargs)
+
+
+def _spread(n: int, width: float) -> np.ndarray:
+    """Fixed horizontal offsets for n points, so that equal values stay visible side by side."""
+    return np.linspace(-width / 2, width / 2, n) if n > 1 else np.zeros(1)
+
+
 def metric_plot(frame: pd.DataFrame, metric: str) -> Any:
-    import seaborn as sns
+    """Per-image values of one metric (points) with their mean (a bar across them), per defence
+    (x) and attack (colour)."""
+    from matplotlib.lines import Line2D
 
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.2 * frame["defence"].nunique() + 3, 3.5))
-    sns.barplot(frame, x="defence", y=metric, hue="attack", errorbar="sd", ax=ax)
-    ax.set_title(f"{metric} per defence and attack (mean ± sd over images)", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    defences = list(dict.fromkeys(frame["defence"]))
+    attacks = list(dict.fromkeys(frame["attack"]))
+    slot = 0.8 / len(attacks)
+    fig, ax = plt.subplots(figsize=(1.3 * len(defences) + 2.5, 3.5))
+    for j, attack in enumerate(attacks):
+        for i, defence in enumerate(defences):
+            values = frame.loc[(frame["defence"] == defence) & (frame["attack"] == attack),
+                               metric].to_numpy(dtype=float)
+            values = values[np.isfinite(values)]  # PSNR is inf for an exact copy
+            if not len(values):
+                continue
+            x = i - 0.4 + slot * (j + 0.5)
+            ax.scatter(x + _spread(len(values), slot * 0.5), values, s=10, color=f"C{j}",
+                       alpha=0.8, linewidths=0, label=attack if i == 0 else None)
+            ax.hlines(values.mean(), x - slot * 0.45, x + slot * 0.45, color=f"C{j}", lw=2)
+    for i in range(1, len(defences)):
+        ax.axvline(i - 0.5, color="0.88", lw=0.8)
+    ax.set_xticks(range(len(defences)), defences, fontsize=8)
+    ax.set_xlim(-0.5, len(defences) - 0.5)
+    ax.set_ylabel(f"{metric} ({BETTER['lpips' if metric.startswith('lpips') else metric]} = "
+                  "more leakage)", fontsize=8)
+    clamp_to_range(ax, metric)
+    handles, _ = ax.get_legend_handles_labels()
+    legend_outside(ax, handles=[*handles, Line2D([], [], color="0.3", lw=2, label="mean")],
+                   title="attack")
+    ax.set_title(f"{metric}: one point per private image, bar = mean", fontsize=9)
     return fig
 
 
@@ -196,5 +272,5 @@ def convergence_plot(curves: dict[str, list[pd.DataFrame]], defence: str) -> Any
     ax.set_ylabel("best GGL objective so far")
     ax.set_yscale("log")
     ax.set_title(f"convergence under defence '{defence}'", fontsize=9)
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     return fig

@@ -74,7 +74,7 @@ OUT = "results/{experiment}"
 GAN = "results/{experiment}/generator"
 RUN = "results/{experiment}/attacks/{defence}/{attack}/{image}"
 SAMPLES = ("generator_samples.rst", "Generator")
-TABLE = ("table.rst", "Tables")
+TABLE_CSV = ("table_csv.rst", "CSV downloads")
 
 
 def available(name: str, params: Params) -> bool:
@@ -325,11 +325,19 @@ STAGE_KINDS: list[StageKind] = [
         name="aggregate",
         summary="the paper's tables and figures from metrics.csv",
         inputs=("metrics", "private", "reconstruction", "result", "curve", "quality"),
-        outputs={"summary_csv": File(f"{OUT}/tables/summary.csv", report=TABLE),
-                 "table3_csv": File(f"{OUT}/tables/table3.csv", report=TABLE),
+        outputs={"overview_html": File(f"{OUT}/tables/overview.html",
+                                       report=("overview.rst", "Overview")),
+                 "summary_csv": File(f"{OUT}/tables/summary.csv", report=TABLE_CSV),
+                 "summary_html": File(f"{OUT}/tables/summary.html",
+                                      report=("summary.rst", "Tables")),
+                 "table3_csv": File(f"{OUT}/tables/table3.csv", report=TABLE_CSV),
                  "table3_md": File(f"{OUT}/tables/table3.md"),
-                 "table2_csv": File(f"{OUT}/tables/table2.csv", has_table2, TABLE),
+                 "table3_html": File(f"{OUT}/tables/table3.html",
+                                     report=("table3.rst", "Tables")),
+                 "table2_csv": File(f"{OUT}/tables/table2.csv", has_table2, TABLE_CSV),
                  "table2_md": File(f"{OUT}/tables/table2.md", has_table2),
+                 "table2_html": File(f"{OUT}/tables/table2.html", has_table2,
+                                     ("table2.rst", "Tables")),
                  "grid": File(f"{OUT}/figures/reconstructions_{{image}}.png",
                               report=("reconstructions.rst", "Reconstructions")),
                  "metric_plot": File(f"{OUT}/figures/{{metric}}.png",

@@ -21,6 +21,7 @@ from ggl.report import (
     sweep_plot,
     tables,
 )
+from ggl.report_html import html_pages
 
 
 def run(stage: Stage, log: Logger) -> None:
@@ -29,13 +30,13 @@ def run(stage: Stage, log: Logger) -> None:
     check_complete(frame, params)
     summary = summarise(frame)
     lpips = lpips_column(frame)
-    texts = tables(frame, summary)
+    quality = io.read_json(stage.input("quality")) if stage.has("quality") else None
+    texts = {**tables(frame, summary), **html_pages(frame, summary, params.experiment, quality,
+                                                     params.generator.kind)}
     for name in stage.kind.outputs:
         if name in texts:
             io.write_text(stage.output(name), texts[name])
-    quality = io.read_json(stage.input("quality")) if stage.has("quality") else None
-    io.write_json(stage.output("headline"),
-                  headline_metrics(summary, lpips, ggl_attacks(frame), quality))
+    io.write_json(stage.output("headline"), headline_metrics(frame, summary, quality))
 
     images, _ = load_part(stage.input("private"))
     for index, image in zip(params.private_images, params.image_ids(), strict=True):
