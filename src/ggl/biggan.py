@@ -3,33 +3,19 @@
 ``pytorch-pretrained-biggan`` ships only the 128x128 default config; the 256 model's config.json
 and weights are separate downloads from the URLs inside the package (``urls()``).
 
-Where the numbers of ``BIGGAN_DEEP_256`` come from
---------------------------------------------------
-* Every value equals ``BigGAN256`` in the package's own converter,
-  ``pytorch_pretrained_biggan/convert_tf_to_pytorch.py`` (the script that turned DeepMind's TF-Hub
-  module into the published files; ``tests/test_generators.py`` checks the equality).
-* The BigGAN paper (Brock et al., ICLR 2019, appendix B, BigGAN-deep at 256x256) agrees: z and
-  the shared class embedding are 128-d (``z_dim``, ``class_embed_dim``), ``ch`` = 128
-  (``channel_width``), a 4x4x16ch start, two blocks per resolution (a plain one, then an
-  up-sampling one) with channel multipliers 16,16 | 16,8 | 8,8 | 8,4 | 4,2 | 2,1 from 4x4 to
-  256x256 (``layers``: up-sample?, in, out), and non-local attention at 64x64, i.e. before the
-  ninth block (``attention_layer_position`` 8). 1000 ImageNet classes.
-* ``eps`` 1e-4 (spectral/batch norm) and ``n_stats`` 51 (truncation values 0, 0.02, ..., 1 with
-  stored BatchNorm statistics) are the package's defaults, the same for all its models.
-The published config.json itself could not be fetched where this was written (no internet);
+``BIGGAN_DEEP_256`` equals ``BigGAN256`` in the package's own converter
+(``pytorch_pretrained_biggan/convert_tf_to_pytorch.py``; ``tests/test_generators.py`` checks the
+equality) and agrees with the BigGAN paper (Brock et al., ICLR 2019, appendix B): z and class
+embedding 128-d, ``ch`` = 128, two blocks per resolution (a plain one, then an up-sampling one)
+with channel multipliers 16,16 | 16,8 | 8,8 | 8,4 | 4,2 | 2,1 from 4x4 to 256x256, attention at
+64x64 (before the ninth block), 1000 classes; ``eps`` and ``n_stats`` are the package's defaults.
 ``fetch_biggan`` refuses a downloaded config.json that differs from this dict.
 
-Checksums: the situation, honestly
-----------------------------------
-No SHA-256 of these two files is published (neither the package, its repository, nor the S3
-bucket lists one; the Hugging Face hub lists LFS hashes only for mirrors of other models), and
-they could not be downloaded where this was written. So ``EXPECTED_SHA256`` holds ``None`` for
-the weights: a download is then *not* trusted; it is kept beside the destination as
-``<name>.unverified`` and the error prints its SHA-256. Check that hash against a copy you trust
-(e.g. a colleague's, or a second download over another network), then rerun with it
-(``fetch_biggan(dest, sha256={WEIGHTS_FILE: hash})``, CLI ``--sha256 HASH``); the kept file is
-then promoted without downloading again. Commit the hash into ``EXPECTED_SHA256`` once known.
-The config is small and fully checked by content (it must equal ``BIGGAN_DEEP_256``).
+No SHA-256 of the weights is published, so ``EXPECTED_SHA256`` holds ``None``: a download is then
+*not* trusted but kept beside the destination as ``<name>.unverified``, and the error prints its
+SHA-256. Check that hash against a copy you trust, then rerun with it
+(``fetch_biggan(dest, sha256={WEIGHTS_FILE: hash})``, CLI ``--sha256 HASH``): the kept file is
+promoted without a second download. Commit the hash into ``EXPECTED_SHA256`` once known.
 """
 
 from __future__ import annotations

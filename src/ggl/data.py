@@ -131,12 +131,8 @@ def load_celeba(cfg: DataConfig) -> Split:
     pub = _subsample(len(parts["train"]), cfg.public_size, cfg.split_seed, "data.public_size")
     priv = _subsample(len(parts["test"]), cfg.private_size, cfg.split_seed + 1,
                       "data.private_size")
-
-    def male(attr: torch.Tensor) -> int:
-        return int(attr[CELEBA_MALE])
-
-    pub_x, pub_y = _stack(parts["train"], pub, male, "CelebA train")
-    priv_x, priv_y = _stack(parts["test"], priv, male, "CelebA test")
+    pub_x, pub_y = _stack(parts["train"], pub, lambda attr: int(attr[CELEBA_MALE]), "CelebA train")
+    priv_x, priv_y = _stack(parts["test"], priv, lambda attr: int(attr[CELEBA_MALE]), "CelebA test")
     source = {"name": "CelebA (torchvision)", "root": cfg.root, "label": "attribute 20 Male",
               "public_from": "train", "private_from": "test", "public_indices": pub.tolist(),
               "private_indices": priv.tolist(),

@@ -57,10 +57,8 @@ def clip_per_layer(grads: Sequence[torch.Tensor],
                    bounds: float | Sequence[float | torch.Tensor]) -> Gradient:
     if not isinstance(bounds, Sequence):
         bounds = [bounds] * len(grads)
-    out = []
-    for g, norm, bound in zip(grads, layer_norms(grads), bounds, strict=True):
-        out.append(g * _per_candidate(clip_factor(norm, bound), g))
-    return out
+    return [g * _per_candidate(clip_factor(norm, bound), g)
+            for g, norm, bound in zip(grads, layer_norms(grads), bounds, strict=True)]
 
 
 def prune_smallest(grads: Sequence[torch.Tensor], counts: Sequence[int]) -> Gradient:
@@ -228,18 +226,15 @@ EstimateFn = Callable[..., Estimate]
 ESTIMATES: Registry[EstimateFn] = Registry("defence estimate")
 
 
-def _received(grads: Sequence[torch.Tensor]) -> Gradient:
-    return [g.unsqueeze(0) for g in grads]
-
-
 @ESTIMATES.register("clipping")
 def estimate_clipping(received: Gradient, fc_index: int, per_layer: bool = False,
                       **_secret: Any) -> Estimate:
     """S-hat is the received gradient's norm (global, or per layer for layer-wise clipping)."""
+    batched = [g.unsqueeze(0) for g in received]
     if per_layer:
-        bounds = tuple(n[0] for n in layer_norms(_received(received)))
+        bounds = tuple(n[0] for n in layer_norms(batched))
         return Estimate((ClipPerLayer(bounds),), {"bounds": [float(b) for b in bounds]})
-    bound = global_norm(_received(received))[0]
+    bound = global_norm(batched)[0]
     return Estimate((ClipGlobal(bound),), {"bound": float(bound)})
 
 

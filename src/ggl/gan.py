@@ -14,9 +14,7 @@ Two recipes (every value is a params field, ``GanTrainConfig`` has no defaults):
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
-import io as textio
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -71,10 +69,10 @@ PAPER_RECIPE = GanTrainConfig(
     gp_weight=10.0, gp_every=1, drift_weight=0.0, ema=0.0, lr_decay=False, bn_recalibration=0,
     latent_dim=128, width=64, num_classes=0, seed=0)
 
-# Engineered for 2 CPU cores (measurements in the report): same architecture family and loss
+# Engineered for 2 CPU cores (measurements in the README): same architecture family and loss
 # (WGAN-GP), narrower, one critic step per generator step, Adam betas (0, 0.9) of the WGAN-GP
 # paper, higher learning rates, an EMA of the generator's weights with recalibrated BatchNorm
-# statistics. Filled in from the measurements below.
+# statistics.
 CPU_RECIPE = GanTrainConfig(
     epochs=60, batch_size=64, lr=5e-4, generator_lr=5e-4, betas=(0.0, 0.9), critic_steps=1,
     gp_weight=10.0, gp_every=1, drift_weight=1e-3, ema=0.99, lr_decay=False, bn_recalibration=8,
@@ -252,12 +250,8 @@ class TrainedGan:
         return dcgan_checkpoint(self.net, self.image_size, train=asdict(self.cfg))
 
     def losses_csv(self) -> str:
-        out = textio.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(LOSS_COLUMNS)
-        writer.writerows([int(r[0]), int(r[1]), *(f"{v:.6g}" for v in r[2:])]
-                         for r in self.rows)
-        return out.getvalue()
+        return io.csv_text(LOSS_COLUMNS, ([int(r[0]), int(r[1]), *(f"{v:.6g}" for v in r[2:])]
+                                          for r in self.rows))
 
     def losses_figure(self) -> Any:
         import matplotlib
@@ -352,19 +346,13 @@ def _smooth(values: list[float], k: int) -> list[float]:
 # --- quality check -------------------------------------------------------------------------
 
 
-class _Classifier(nn.Module):
+def _classifier(num_classes: int) -> nn.Module:
     """A small CNN judge for 32x32 images (about 99 % on digits after a few seconds)."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-            nn.Linear(256, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(256, num_classes))
 
 
 def _probabilities(clf: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -388,7 +376,7 @@ def quality_check(generator: Generator, public_images: torch.Tensor,
     gen = torch.Generator().manual_seed(derive_seed(seed, "quality-check"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "quality-classifier"))
-        clf = _Classifier(num_classes).to(device)
+        clf = _classifier(num_classes).to(device)
     x, y = public_images.to(device), public_labels.to(device)
     batches = -(-len(x) // 64)
     opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
@@ -415,7 +403,7 @@ def quality_check(generator: Generator, public_images: torch.Tensor,
     predicted = p_samples.argmax(1)
     sample_conf = float(p_samples.max(1).values.mean())
     real_conf = float(p_real.max(1).values.mean())
-    quality: dict[str, Any] = {
+    return {
         "sample_confidence": sample_conf,
         "real_confidence": real_conf,
         "confidence_ratio": sample_conf / real_conf,
@@ -434,4 +422,3 @@ def quality_check(generator: Generator, public_images: torch.Tensor,
         "convention": "confidence = mean over images of the classifier's top softmax "
                       "probability; the classifier is a small CNN trained on the public split",
     }
-    return quality

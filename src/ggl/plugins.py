@@ -17,10 +17,6 @@ T = TypeVar("T", bound=Callable)
 PLUGIN_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
 
-def is_plugin(name: str) -> bool:
-    return ":" in name
-
-
 def import_callable(spec: str) -> Callable:
     """Import ``package.module:callable``; raise a GglError that says what went wrong."""
     module_name, _, attr = spec.partition(":")
@@ -59,7 +55,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name in self._entries:
             return self._entries[name]
-        if is_plugin(name):
+        if ":" in name:  # package.module:callable
             return import_callable(name)  # type: ignore[return-value]
         allowed = ", ".join(self.names())
         raise GglError(

@@ -35,13 +35,12 @@ def _check_types(obj: Any) -> None:
                                  f"{', '.join(get_args(hint))}")
             continue
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        if hint is float and number:
-            object.__setattr__(obj, f.name, float(value))
-            continue
         valid = {bool: isinstance(value, bool), int: number and isinstance(value, int),
-                 float: False}
+                 float: number}
         if not valid.get(hint, True):
             raise ValueError(f"{f.name}: expected {hint.__name__}, got {value!r}")
+        if hint is float:
+            object.__setattr__(obj, f.name, float(value))
 
 
 class _Settings:

@@ -240,21 +240,15 @@ def _prune(g: torch.Tensor, k: int) -> torch.Tensor:
     return (flat * keep).view_as(g)
 
 
-def _apply_struct(g: torch.Tensor, op: Prune | MaskColumns) -> torch.Tensor:
-    """``op.apply([g])[0]``, pruning with the faster exact selection (the same result)."""
-    return _prune(g, op.counts[0]) if isinstance(op, Prune) else op.apply([g])[0]
-
-
 def _sq(g: torch.Tensor) -> torch.Tensor:
     return g.flatten(1).pow(2).sum(1)
 
 
 def _reduce(g: torch.Tensor, y: torch.Tensor, need: _Need) -> Terms:
     """The terms of materialised per-candidate gradients g (c, *y.shape)."""
-    out: Terms = {}
-    for k in range(len(need.struct) + 1):
-        if k:
-            g = _apply_struct(g, need.struct[k - 1])
+    out: Terms = {"N0": _sq(g)} if 0 in need.prefixes else {}
+    for k, op in enumerate(need.struct, 1):  # Prune with the faster exact selection
+        g = _prune(g, op.counts[0]) if isinstance(op, Prune) else op.apply([g])[0]
         if k in need.prefixes:
             out[f"N{k}"] = _sq(g)
     if need.mode == "keep":
@@ -377,9 +371,6 @@ class BatchedScorer:
         count = len(self.received)
         if any(isinstance(op, Prune) for op in self.ops) and not policy.prune:
             raise NotFaster("sparsification's estimate: the loop is faster here")
-        for op in self.ops:
-            if isinstance(op, MaskColumns) and not 0 <= op.index < count:
-                raise Unsupported(f"mask on tensor {op.index} of {count}")
         # Per tensor: its entry-wise ops, and the prefixes of them whose norm a clip reads.
         structs: list[Struct] = [[] for _ in range(count)]
         prefixes: list[set[int]] = [set() for _ in range(count)]
@@ -392,6 +383,8 @@ class BatchedScorer:
                     if k > 0:
                         structs[i].append(Prune((k,)))
             elif isinstance(op, MaskColumns):
+                if not 0 <= op.index < count:
+                    raise Unsupported(f"mask on tensor {op.index} of {count}")
                 structs[op.index].append(MaskColumns(op.mask, 0))
             else:
                 raise Unsupported(f"estimate op {op!r}")

@@ -21,7 +21,8 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,6 @@ from ggl.settings import OPTIMISER_CONFIGS, AdamConfig, CMAESConfig, TurboConfig
 
 Objective = Callable[[torch.Tensor], torch.Tensor]  # (n, d) latents -> (n,) losses
 Progress = Callable[[int, float], None]  # (evaluations so far, best loss so far)
-CPU = torch.device("cpu")
 
 
 def finite(losses: torch.Tensor) -> torch.Tensor:
@@ -89,10 +89,6 @@ class Tracker:
 
 # --- Adam --------------------------------------------------------------------------------
 
-def _constant(step: int, steps: int) -> float:
-    return 1.0
-
-
 def _warmup_cosine(step: int, steps: int) -> float:
     """The ImageNet script's: linear warm-up over the first 5 % of the steps, cosine
     ramp-down over the last 25 % (so the first step has learning rate 0, as theirs)."""
@@ -107,7 +103,7 @@ def _multistep(step: int, steps: int) -> float:
 
 
 SCHEDULES: dict[str, Callable[[int, int], float]] = {
-    "none": _constant, "warmup-cosine": _warmup_cosine, "step": _multistep}
+    "none": lambda step, steps: 1.0, "warmup-cosine": _warmup_cosine, "step": _multistep}
 
 
 def lr_factor(schedule: str, step: int, steps: int) -> float:
@@ -141,14 +137,12 @@ def run_adam(objective: Objective, dim: int, budget: int, cfg: AdamConfig, seed:
 
 # --- the ask/tell driver -------------------------------------------------------------------
 
-class AskTell(Protocol):
-    def ask(self, limit: int | None = None) -> torch.Tensor: ...
-    def tell(self, z: torch.Tensor, losses: torch.Tensor) -> None: ...
-
-
-def run_ask_tell(opt: AskTell, objective: Objective, budget: int, device: torch.device,
-                 progress: Progress | None = None) -> Tracker:
-    """Score each proposal in one objective call until exactly ``budget`` evaluations."""
+def run_ask_tell(cls: type[CMAES | Turbo], objective: Objective, dim: int, budget: int,
+                 cfg: Any, seed: int, device: torch.device,
+                 progress: Progress | None = None) -> OptimiseResult:
+    """Score each proposal of ``cls(dim, cfg, seed)`` in one objective call until exactly
+    ``budget`` evaluations."""
+    opt = cls(dim, cfg, seed)
     tracker = Tracker(progress)
     while tracker.evaluations < budget:
         z = opt.ask(budget - tracker.evaluations).to(device, torch.float32)
@@ -159,7 +153,7 @@ def run_ask_tell(opt: AskTell, objective: Objective, budget: int, device: torch.
             losses = objective(z)
         tracker.record(z, losses)
         opt.tell(z, losses.detach().double().cpu())
-    return tracker
+    return tracker.result(**opt.info())
 
 
 # --- CMA-ES --------------------------------------------------------------------------------
@@ -217,12 +211,8 @@ class CMAES:
             self.generations += 1
         self._asked = None
 
-
-def run_cmaes(objective: Objective, dim: int, budget: int, cfg: CMAESConfig, seed: int,
-              device: torch.device, progress: Progress | None = None) -> OptimiseResult:
-    opt = CMAES(dim, cfg, seed)
-    tracker = run_ask_tell(opt, objective, budget, device, progress)
-    return tracker.result(generations=opt.generations, untold_evaluations=opt.untold)
+    def info(self) -> dict[str, int]:
+        return {"generations": self.generations, "untold_evaluations": self.untold}
 
 
 # --- TuRBO-1 on BoTorch ----------------------------------------------------------------------
@@ -310,6 +300,10 @@ class Turbo:
             self.restarts += 1
             self._restart()
 
+    def info(self) -> dict[str, int]:
+        return {"restarts": self.restarts, "batches": self.batches,
+                "failure_tolerance": self.failure_tolerance}
+
     def fit(self) -> Any:
         """The GP on the restart's points, hyper-parameters by maximum marginal likelihood.
         Deterministic objective: small noise; BoTorch maximises, so it sees -loss."""
@@ -364,22 +358,15 @@ class Turbo:
         return chosen.detach()
 
 
-def run_turbo(objective: Objective, dim: int, budget: int, cfg: TurboConfig, seed: int,
-              device: torch.device, progress: Progress | None = None) -> OptimiseResult:
-    opt = Turbo(dim, cfg, seed)
-    tracker = run_ask_tell(opt, objective, budget, device, progress)
-    return tracker.result(restarts=opt.restarts, batches=opt.batches,
-                          failure_tolerance=opt.failure_tolerance)
-
-
 # --- the entry point -----------------------------------------------------------------------
 
 Runner = Callable[..., OptimiseResult]
-OPTIMISERS: dict[str, Runner] = {"adam": run_adam, "cmaes": run_cmaes, "turbo": run_turbo}
+OPTIMISERS: dict[str, Runner] = {
+    "adam": run_adam, "cmaes": partial(run_ask_tell, CMAES), "turbo": partial(run_ask_tell, Turbo)}
 
 
 def minimise(method: str, objective: Objective, dim: int, budget: int, config: Any = None,
-             seed: int = 0, device: torch.device | str = CPU,
+             seed: int = 0, device: torch.device | str = "cpu",
              progress: Progress | None = None) -> OptimiseResult:
     """Minimise ``objective`` over R^dim (or its box) with at most ``budget`` evaluations."""
     if method not in OPTIMISERS:
