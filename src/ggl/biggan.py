@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -104,8 +105,8 @@ def parse_sha256_overrides(values: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def offline_help(dest: Mapping[str, Path], sources: Mapping[str, str] | None = None) -> str:
-    lines = [f"  {url}\n    -> {dest[name]}" for name, url in (sources or urls()).items()]
+def offline_help(dest: Mapping[str, Path]) -> str:
+    lines = [f"  {url}\n    -> {dest[name]}" for name, url in urls().items()]
     return ("Download these files by hand on a machine with internet access and place them as "
             "shown, then rerun (nothing is downloaded when they are present and verify):\n"
             + "\n".join(lines)
@@ -134,16 +135,13 @@ def _problem(name: str, path: Path, expected: str | None, actual: str) -> str | 
 
 def _stream(url: str, tmp: Path, opener: Opener) -> str:
     """Stream ``url`` into ``tmp``; refuse a short read; return the SHA-256."""
-    digest, size = hashlib.sha256(), 0
     with opener(url) as response, open(tmp, "wb") as out:
         length = response.headers.get("Content-Length")
-        for block in iter(lambda: response.read(1 << 20), b""):
-            digest.update(block)
-            out.write(block)
-            size += len(block)
+        shutil.copyfileobj(response, out, 1 << 20)
+    size = tmp.stat().st_size
     if length is not None and size != int(length):
         raise DownloadError(f"{url}: truncated download ({size} of {length} bytes)")
-    return digest.hexdigest()
+    return sha256_of(tmp)
 
 
 def _urlopen(url: str) -> Any:

@@ -80,21 +80,11 @@ def fraction_count(rate: float, size: int) -> int:
     return min(size, math.ceil(rate / 100 * size - 1e-9))
 
 
-def sparsify(grads: Sequence[torch.Tensor], rate: float) -> Gradient:
-    """Per tensor: zero (at least) ``rate`` % of the entries, those of smallest magnitude."""
-    return prune_smallest(grads, [fraction_count(rate, g[0].numel()) for g in grads])
-
-
 def mask_fc_columns(grads: Sequence[torch.Tensor], mask: torch.Tensor, fc_index: int) -> Gradient:
     """Multiply the fc weight gradient (n, classes, features) column-wise by ``mask``."""
     out = list(grads)
     out[fc_index] = grads[fc_index] * mask.to(grads[fc_index].dtype).view(1, 1, -1)
     return out
-
-
-def add_noise(grads: Sequence[torch.Tensor], sigma: float, generator: torch.Generator) -> Gradient:
-    """i.i.d. N(0, sigma^2) on every tensor; drawn on the CPU so every device gets the same."""
-    return [g + sigma * torch.randn(g.shape, generator=generator).to(g) for g in grads]
 
 
 # --- the client's defences -------------------------------------------------------------
@@ -116,7 +106,8 @@ DEFENCES: Registry[DefenceFn] = Registry("defence")
 
 @DEFENCES.register("noise")
 def noise_defence(grads: Gradient, ctx: ClientContext, sigma: float) -> Gradient:
-    return add_noise(grads, sigma, ctx.generator)
+    """i.i.d. N(0, sigma^2) on every tensor; drawn on the CPU so every device gets the same."""
+    return [g + sigma * torch.randn(g.shape, generator=ctx.generator).to(g) for g in grads]
 
 
 @DEFENCES.register("clipping")
@@ -127,7 +118,8 @@ def clipping_defence(grads: Gradient, ctx: ClientContext, bound: float,
 
 @DEFENCES.register("sparsification")
 def sparsification_defence(grads: Gradient, ctx: ClientContext, rate: float) -> Gradient:
-    return sparsify(grads, rate)
+    """Per tensor: zero (at least) ``rate`` % of the entries, those of smallest magnitude."""
+    return prune_smallest(grads, [fraction_count(rate, g[0].numel()) for g in grads])
 
 
 def soteria_scores(model: nn.Module, image: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:

@@ -444,8 +444,7 @@ class BatchedScorer:
                 factor = clip_factor(total, op.bound)
                 scale = [factor if s is None else s * factor for s in scale]
             elif isinstance(op, ClipPerLayer):
-                bounds = op.bounds if isinstance(op.bounds, Sequence) else [op.bounds] * count
-                factors = [clip_factor(torch.sqrt(norm_sq(i)), b) for i, b in enumerate(bounds)]
+                factors = [clip_factor(torch.sqrt(norm_sq(i)), b) for i, b in enumerate(op.bounds)]
                 scale = [f if s is None else s * f for s, f in zip(scale, factors, strict=True)]
             elif isinstance(op, Prune):
                 k = [ki + (c > 0) for ki, c in zip(k, op.counts, strict=True)]

@@ -266,9 +266,6 @@ class Turbo:
         gen = torch.Generator().manual_seed(derive_seed(self.seed, "turbo-design", self.restarts))
         self._design = DESIGNS[self.cfg.design](self.cfg.n_init, self.dim, gen)
 
-    def to_box(self, u: torch.Tensor) -> torch.Tensor:
-        return (2 * u - 1) * self.cfg.bound
-
     def ask(self, limit: int | None = None) -> torch.Tensor:
         limit = math.inf if limit is None else limit
         if len(self._design):  # the initial design, possibly in chunks
@@ -276,7 +273,7 @@ class Turbo:
             self._asked, self._design = self._design[:n], self._design[n:]
         else:
             self._asked = self.propose(min(self.cfg.batch_size, limit))
-        return self.to_box(self._asked)
+        return (2 * self._asked - 1) * self.cfg.bound  # the unit cube mapped to the box
 
     def tell(self, z: torch.Tensor, losses: torch.Tensor) -> None:
         if self._asked is None or len(self._asked) != len(losses):
