@@ -192,8 +192,6 @@ def fetch_biggan(weights: Path, config: Path, sha256: Mapping[str, str] | None =
     package's URLs (tests, mirrors). Returns the weights path (the ``checkpoint`` of
     ``load_generator``)."""
     dest = {WEIGHTS_FILE: Path(weights), CONFIG_FILE: Path(config)}
-    for path in dest.values():
-        path.parent.mkdir(parents=True, exist_ok=True)
     sources = dict(sources or urls())
     # The small, content-checked config first: a weights problem then leaves it in place.
     for name, url in sorted(sources.items(), key=lambda item: item[0] != CONFIG_FILE):

@@ -56,10 +56,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"{key + '.' if key != '<top level>' else ''}{missing}: missing key{where}"
     if error.validator == "additionalProperties":
         return f"{key}: {error.message} (remove it or check its spelling)"
-    if error.validator == "anyOf":
-        return f"{key}: {error.instance!r} is not allowed; allowed are {_allowed(error.schema)}"
-    if error.validator == "enum":
-        allowed = ", ".join(map(str, error.validator_value))
+    if error.validator in ("anyOf", "enum"):
+        allowed = (_allowed(error.schema) if error.validator == "anyOf"
+                   else ", ".join(map(str, error.validator_value)))
         return f"{key}: {error.instance!r} is not allowed; allowed are {allowed}"
     if error.validator == "pattern":
         return (f"{key}: {error.instance!r} is not a valid name "
@@ -197,11 +196,7 @@ class Params:
         validate(raw, source)
         data = DataConfig(**raw["data"])
         return cls(
-            experiment=raw["experiment"],
-            device=raw["device"],
-            seed=raw["seed"],
-            threads=raw["threads"],
-            scorer=raw["scorer"],
+            **{key: raw[key] for key in ("experiment", "device", "seed", "threads", "scorer")},
             data=data,
             private_images=tuple(raw["private_images"]),
             model=ModelConfig(**raw["model"], num_classes=data.num_classes),

@@ -36,7 +36,6 @@ round-off in N and D of the large Gram-norm layers: ~1e-7 of their ||y_l||^2.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -474,20 +473,13 @@ class BatchedScorer:
 
 
 def verify(scorer: BatchedScorer, images: torch.Tensor, target: torch.Tensor,
-           loop_grads: Sequence[torch.Tensor], rtol: float = 1e-3) -> str | None:
+           loop_grads: Sequence[torch.Tensor], rtol: float = 1e-3) -> None:
     """Compare the batched raw (N, D) of a few candidates with the loop's gradients: catches a
-    model that uses a parameter outside its layer (the hooks would miss it). None when they
-    agree, else what differs."""
+    model that uses a parameter outside its layer (the hooks would miss it)."""
     raw = [_Need([], {0}, "nd") for _ in scorer.received]
     terms = scorer.terms(images, target, create_graph=False, needs=raw)
     for i, (t, g, y) in enumerate(zip(terms, loop_grads, scorer.received, strict=True)):
         ref_n, ref_d = _sq(g), g.flatten(1) @ y.flatten()
         tol = rtol * (float(ref_n.max()) + float(y.pow(2).sum())) + 1e-30
         if ((t["N0"] - ref_n).abs().max() > tol or (t["D"] - ref_d).abs().max() > tol):
-            return f"parameter tensor {i}: the hooks' norms/dots differ from the loop's"
-    return None
-
-
-def warn_fallback(reason: str) -> None:
-    warnings.warn(f"batched objective off, scoring one candidate at a time: {reason}",
-                  stacklevel=3)
+            raise Unsupported(f"parameter tensor {i}: the hooks' norms/dots differ from the loop's")

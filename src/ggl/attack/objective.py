@@ -8,6 +8,7 @@ a new one is one more entry.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -21,7 +22,6 @@ from ggl.attack.batched import (
     Unsupported,
     default_policy,
     verify,
-    warn_fallback,
 )
 from ggl.defences import Estimate, Gradient
 from ggl.settings import ObjectiveConfig
@@ -142,15 +142,14 @@ class Objective:
                 scorer = BatchedScorer(self.model, self.received, self.estimate.ops,
                                        self.cfg.distance, self.active_policy(images.device))
                 probe = images[:1].detach()
-                problem = verify(scorer, probe, self.targets(probe),
-                                 trial_gradients(self.model, probe, self.label))
-                if problem:
-                    raise Unsupported(problem)
+                verify(scorer, probe, self.targets(probe),
+                       trial_gradients(self.model, probe, self.label))
             except Unsupported as err:
                 if self.scorer == "batched":
                     raise
                 if not isinstance(err, NotFaster):
-                    warn_fallback(str(err))
+                    warnings.warn(f"batched objective off, scoring one candidate at a time: {err}",
+                                  stacklevel=2)
                 return None
             self._batched, self._batched_state = scorer, "on"
         return self._batched
@@ -181,5 +180,4 @@ class Objective:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         z = self.latent(x)
-        images = self.generate(z)
-        return self.matching(images) + self.cfg.reg_weight * self.regulariser(z)
+        return self.matching(self.generate(z)) + self.cfg.reg_weight * self.regulariser(z)

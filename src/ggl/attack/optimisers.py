@@ -254,7 +254,6 @@ class Turbo:
         self.failure_tolerance = cfg.failure_tolerance or math.ceil(
             max(4 / cfg.batch_size, dim / cfg.batch_size))
         self.restarts, self.batches = 0, 0
-        self.lengths: list[float] = []  # trust-region length used for each batch
         self._asked: torch.Tensor | None = None
         self._restart()
 
@@ -328,7 +327,6 @@ class Turbo:
         from torch.quasirandom import SobolEngine
 
         self.batches += 1
-        self.lengths.append(self.length)
         gen = torch.Generator().manual_seed(derive_seed(self.seed, "turbo-batch", self.batches))
         # BoTorch's fitting retries and posterior samples draw from the global torch RNG:
         # seed it for this batch only, and hand the caller's state back afterwards.
