@@ -153,7 +153,7 @@ def _beside(path: Path, suffix: str) -> Path:
 
 
 def download(name: str, url: str, dest: Mapping[str, Path], expected: str | None,
-             opener: Opener = _urlopen) -> Path:
+             opener: Opener = _urlopen) -> None:
     """Download file ``name`` to ``dest[name]``, reached only when whole and verified.
 
     A whole download that cannot be verified because no hash is known is kept beside it as
@@ -179,7 +179,6 @@ def download(name: str, url: str, dest: Mapping[str, Path], expected: str | None
     except (urllib.error.URLError, OSError) as exc:  # offline, DNS, HTTP errors, disk
         raise DownloadError(f"could not download {url} ({exc}).\n"
                             + offline_help(dest)) from exc
-    return final
 
 
 def fetch_biggan(weights: Path, config: Path, sha256: Mapping[str, str] | None = None, *,

@@ -74,8 +74,7 @@ def validate(raw: Any, source: str = "params") -> None:
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
     # An if/then failure is reported on its own sub-error; skip the noisy parent.
     messages = [_describe(e) for e in errors if e.validator not in ("if", "allOf")]
-    if not messages:
-        messages = _cross_checks(raw)
+    messages = messages or _cross_checks(raw)  # cross-key rules need a valid shape
     if len(messages) == 1:
         raise ParamsError(f"{source} is invalid: {messages[0]}")
     if messages:
@@ -123,8 +122,7 @@ class DefenceStep:
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> DefenceStep:
-        settings = {k: v for k, v in raw.items() if k != "kind"}
-        return cls(kind=raw["kind"], settings=settings)
+        return cls(raw["kind"], {k: v for k, v in raw.items() if k != "kind"})
 
 
 # The setting that measures a defence kind's strength (params sweep it, the paper's Fig. 7)
@@ -222,9 +220,8 @@ class Params:
                 sweeps.setdefault(steps[0].kind, {})[name] = float(
                     steps[0].settings[STRENGTH[steps[0].kind]])
         if "none" in self.defences:
-            for kind in ZERO_IS_NONE:
-                if kind in sweeps:
-                    sweeps[kind]["none"] = 0.0
+            for kind in sweeps.keys() & ZERO_IS_NONE:
+                sweeps[kind]["none"] = 0.0
         return {k: v for k, v in sweeps.items() if len(set(v.values())) >= 3}
 
     def runs(self) -> list[tuple[str, str, str]]:

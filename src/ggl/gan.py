@@ -115,8 +115,7 @@ class _State:
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.generator_lr, betas=cfg.betas)
         self.opt_c = torch.optim.Adam(self.c.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.rows: list[list[float]] = []
-        self.epoch = 0
-        self.critic_iters = 0
+        self.epoch = self.critic_iters = 0
 
     def state_dict(self, cfg: GanTrainConfig, fingerprint: str) -> dict[str, Any]:
         return {"config": asdict(cfg), "data": fingerprint, "epoch": self.epoch,

@@ -284,8 +284,7 @@ def build_biggan(checkpoint: str | Path | None, image_size: int = 224, truncatio
         if not path.is_file():
             raise GglError(f"{path} is missing: run `ggl fetch-biggan` (or see "
                                     "ggl.biggan.fetch_biggan for a manual download)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        result = biggan.load_state_dict(state, strict=False)
+        result = biggan.load_state_dict(io.load_torch(path), strict=False)
         if result.missing_keys:
             raise GglError(f"{path} lacks {len(result.missing_keys)} BigGAN-deep-256 tensors "
                              f"(e.g. {result.missing_keys[:3]}): not the expected weights")

@@ -57,7 +57,5 @@ class Registry(Generic[T]):
             return self._entries[name]
         if ":" in name:  # package.module:callable
             return import_callable(name)  # type: ignore[return-value]
-        allowed = ", ".join(self.names())
-        raise GglError(
-            f"unknown {self.kind} {name!r}: allowed are {allowed}, or 'package.module:callable'"
-        )
+        raise GglError(f"unknown {self.kind} {name!r}: allowed are {', '.join(self.names())}, "
+                       "or 'package.module:callable'")

@@ -49,19 +49,15 @@ def pixel_attack(learn_label: bool):
         distance = DISTANCES[obj.distance]
         tracker = Tracker()
 
-        def loss_of(image: torch.Tensor) -> torch.Tensor:
-            label = label_logits.softmax(1) if learn_label else attacker.label
-            grads = trial_gradients(attacker.model, image, label, create_graph=True)
-            loss = distance(estimate.apply(grads), attacker.received)
-            if obj.tv_weight:
-                loss = loss + obj.tv_weight * total_variation(image)
-            if obj.l2_weight:
-                loss = loss + obj.l2_weight * image.pow(2).flatten(1).mean(1)
-            return loss
-
         def closure() -> torch.Tensor:
             optimiser.zero_grad()
-            loss = loss_of(x)
+            label = label_logits.softmax(1) if learn_label else attacker.label
+            grads = trial_gradients(attacker.model, x, label, create_graph=True)
+            loss = distance(estimate.apply(grads), attacker.received)
+            if obj.tv_weight:
+                loss = loss + obj.tv_weight * total_variation(x)
+            if obj.l2_weight:
+                loss = loss + obj.l2_weight * x.pow(2).flatten(1).mean(1)
             tracker.record(x.detach(), loss.detach())
             loss.sum().backward()
             if opt_cfg.signed:

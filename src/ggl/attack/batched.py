@@ -66,14 +66,15 @@ class NotFaster(Unsupported):
 
 @dataclass(frozen=True)
 class Policy:
-    """When and how the batched path runs; ``default_policy`` holds measured defaults."""
+    """When and how the batched path runs; the field defaults and ``default_policy`` hold the
+    measured values."""
 
     chunk_bytes: int  # activation memory of one forward/backward chunk of candidates
     work_elems: int  # scratch of one layer's per-candidate tensors (patches, materialised G)
-    ghost_ratio: float  # Gram norm when T^2 (d + c) < ghost_ratio * d * c
-    keep_elems: int  # tensors up to this size are kept per candidate: the loss as the loop's
-    with_grad: bool  # also for differentiable calls (Adam's double backprop)
-    prune: bool  # also for sparsification's estimate (every tensor materialised)
+    ghost_ratio: float = 100.0  # Gram norm when T^2 (d + c) < ghost_ratio * d * c
+    keep_elems: int = 1 << 16  # tensors up to this size are kept per candidate: the loop's loss
+    with_grad: bool = False  # also for differentiable calls (Adam's double backprop)
+    prune: bool = True  # also for sparsification's estimate (every tensor materialised)
     conv_kernel: bool = True  # materialise conv weight grads with the backend's kernel per
     # candidate (CPU: ~2x unfold + bmm); False: one batched unfold + bmm (fewer launches)
 
@@ -82,10 +83,8 @@ def default_policy(device: torch.device | str) -> Policy:
     """Defaults measured with benchmarks/objective.py; benchmarks/README.md ("Why the default
     policy") says what each value rests on. CUDA's is unmeasured."""
     if torch.device(device).type == "cuda":
-        return Policy(chunk_bytes=4 << 30, work_elems=64 << 20, ghost_ratio=100.0,
-                      keep_elems=1 << 16, with_grad=False, prune=True, conv_kernel=False)
-    return Policy(chunk_bytes=512 << 20, work_elems=1 << 20, ghost_ratio=100.0,
-                  keep_elems=1 << 16, with_grad=False, prune=True)
+        return Policy(chunk_bytes=4 << 30, work_elems=64 << 20, conv_kernel=False)
+    return Policy(chunk_bytes=512 << 20, work_elems=1 << 20)
 
 
 # --- the model's layers ----------------------------------------------------------------------
@@ -96,9 +95,6 @@ class _Layer:
     kind: str  # conv | linear | bn
     weight: int | None  # index of its weight / bias in model.parameters(), if any
     bias: int | None
-
-
-BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def plan_layers(model: nn.Module) -> list[_Layer]:
@@ -118,7 +114,7 @@ def plan_layers(model: nn.Module) -> list[_Layer]:
             kind = "conv"
         elif isinstance(module, nn.Linear):
             kind = "linear"
-        elif isinstance(module, BN_TYPES):
+        elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d):
             if module.running_mean is None:
                 raise Unsupported(f"{name}: BatchNorm without running statistics")
             kind = "bn"
@@ -156,9 +152,8 @@ def _capture(model: nn.Module, layers: Sequence[_Layer], images: torch.Tensor,
     handles = [layer.module.register_forward_hook(hook) for layer in layers]
     try:
         with torch.enable_grad():
-            logits = model(images)
             # The summed loss: each candidate's output gradient is its own batch-1 gradient.
-            loss = F.cross_entropy(logits, target, reduction="sum")
+            loss = F.cross_entropy(model(images), target, reduction="sum")
             layer_list = [layer.module for layer in layers]
             missing = [m for m in layer_list if m not in records]
             if missing:
@@ -275,10 +270,8 @@ def _weight_terms(layer: _Layer, a: torch.Tensor, delta: torch.Tensor, y: torch.
     m = layer.module
     n = len(a)
     if layer.kind == "conv":
-        kernel = m.kernel_size
-
         def patches(s: slice) -> tuple[torch.Tensor, torch.Tensor]:
-            return (F.unfold(a[s], kernel, m.dilation, m.padding, m.stride),  # (c, d, T)
+            return (F.unfold(a[s], m.kernel_size, m.dilation, m.padding, m.stride),  # (c, d, T)
                     delta[s].flatten(2))  # (c, out, T)
         d, T = y[0].numel(), delta[0, 0].numel()
     else:

@@ -197,8 +197,7 @@ class CMAES:
     def ask(self, limit: int | None = None) -> torch.Tensor:
         with self._numpy_rng():
             self._asked = self.es.ask()
-        k = self.popsize if limit is None else min(limit, self.popsize)
-        return torch.tensor(np.stack(self._asked[:k]), dtype=torch.float32)
+        return torch.tensor(np.stack(self._asked[:limit]), dtype=torch.float32)
 
     def tell(self, z: torch.Tensor, losses: torch.Tensor) -> None:
         if self._asked is None:
@@ -277,9 +276,8 @@ class Turbo:
     def tell(self, z: torch.Tensor, losses: torch.Tensor) -> None:
         if self._asked is None or len(self._asked) != len(losses):
             raise RuntimeError("tell must answer the last ask")
-        in_design = len(self.Y) < self.cfg.n_init  # design points do not move the region
         losses = finite(losses)
-        if not in_design:
+        if len(self.Y) >= self.cfg.n_init:  # design points do not move the region
             best = float(self.Y.min())
             if float(losses.min()) < best - 1e-3 * abs(best):
                 self.successes, self.failures = self.successes + 1, 0
@@ -324,7 +322,6 @@ class Turbo:
     def propose(self, n: int) -> torch.Tensor:
         import gpytorch
         from botorch.generation import MaxPosteriorSampling
-        from torch.quasirandom import SobolEngine
 
         self.batches += 1
         gen = torch.Generator().manual_seed(derive_seed(self.seed, "turbo-batch", self.batches))
@@ -340,9 +337,7 @@ class Turbo:
             lower = (centre - scales * self.length / 2).clamp(0.0, 1.0)
             upper = (centre + scales * self.length / 2).clamp(0.0, 1.0)
             m = self.cfg.n_candidates
-            sobol = SobolEngine(self.dim, scramble=True,
-                                seed=int(torch.randint(2**31 - 1, (), generator=gen)))
-            points = lower + (upper - lower) * sobol.draw(m, dtype=torch.float64)
+            points = lower + (upper - lower) * sobol_design(m, self.dim, gen)
             mask = torch.rand(m, self.dim, generator=gen) <= min(20.0 / self.dim, 1.0)
             empty = torch.nonzero(~mask.any(1)).view(-1)
             mask[empty, torch.randint(self.dim, (len(empty),), generator=gen)] = True

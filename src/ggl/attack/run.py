@@ -94,8 +94,7 @@ def best_of_trials(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed
                    ) -> tuple[Trial, list[Trial]]:
     """Independent restarts, each seeded from ``seed``; keep the lowest final loss."""
     trials = [attack(attacker, cfg, derive_seed(seed, "trial", t)) for t in range(cfg.trials)]
-    best = min(trials, key=lambda trial: trial.loss)
-    return best, trials
+    return min(trials, key=lambda trial: trial.loss), trials
 
 
 def prepare_attacker(record: dict[str, Any], generator: Any | None, device: torch.device,
@@ -121,7 +120,7 @@ def run_attack(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed: in
         "evaluations": sum(t.evaluations for t in trials),
         "budget_units": "objective evaluations (one candidate image scored)",
         "seconds": time.perf_counter() - start, "trials": len(trials),
-        "best_trial": next(i for i, t in enumerate(trials) if t is best),
+        "best_trial": trials.index(best),  # Trial compares by identity
         "trial_losses": [t.loss for t in trials], "trial_info": [t.info for t in trials],
         "seed": seed, "defence_estimate": _summarise(attacker.estimate.values),
         "device": str(attacker.device), "scorer": attacker.scorer,
