@@ -28,6 +28,7 @@ import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,7 @@ def _stream(url: str, tmp: Path, opener: Opener) -> str:
     return sha256_of(tmp)
 
 
-def _urlopen(url: str) -> Any:
-    return urllib.request.urlopen(url, timeout=60)
+_urlopen: Opener = partial(urllib.request.urlopen, timeout=60)
 
 
 def _beside(path: Path, suffix: str) -> Path:
@@ -191,9 +191,8 @@ def fetch_biggan(weights: Path, config: Path, sha256: Mapping[str, str] | None =
     package's URLs (tests, mirrors). Returns the weights path (the ``checkpoint`` of
     ``load_generator``)."""
     dest = {WEIGHTS_FILE: Path(weights), CONFIG_FILE: Path(config)}
-    sources = dict(sources or urls())
     # The small, content-checked config first: a weights problem then leaves it in place.
-    for name, url in sorted(sources.items(), key=lambda item: item[0] != CONFIG_FILE):
+    for name, url in sorted((sources or urls()).items(), key=lambda item: item[0] != CONFIG_FILE):
         expected = (sha256 or {}).get(name) or EXPECTED_SHA256.get(name)
         final, kept = dest[name], _beside(dest[name], ".unverified")
         if final.exists():

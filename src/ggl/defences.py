@@ -54,9 +54,7 @@ def clip_global(grads: Sequence[torch.Tensor], bound: float | torch.Tensor) -> G
 
 
 def clip_per_layer(grads: Sequence[torch.Tensor],
-                   bounds: float | Sequence[float | torch.Tensor]) -> Gradient:
-    if not isinstance(bounds, Sequence):
-        bounds = [bounds] * len(grads)
+                   bounds: Sequence[float | torch.Tensor]) -> Gradient:
     return [g * _per_candidate(clip_factor(norm, bound), g)
             for g, norm, bound in zip(grads, layer_norms(grads), bounds, strict=True)]
 
@@ -100,8 +98,7 @@ class ClientContext:
     generator: torch.Generator  # the defence's own seeded RNG
 
 
-DefenceFn = Callable[..., Gradient]
-DEFENCES: Registry[DefenceFn] = Registry("defence")
+DEFENCES: Registry[Callable[..., Gradient]] = Registry("defence")
 
 
 @DEFENCES.register("noise")
@@ -113,7 +110,7 @@ def noise_defence(grads: Gradient, ctx: ClientContext, sigma: float) -> Gradient
 @DEFENCES.register("clipping")
 def clipping_defence(grads: Gradient, ctx: ClientContext, bound: float,
                      per_layer: bool) -> Gradient:
-    return clip_per_layer(grads, bound) if per_layer else clip_global(grads, bound)
+    return clip_per_layer(grads, [bound] * len(grads)) if per_layer else clip_global(grads, bound)
 
 
 @DEFENCES.register("sparsification")
@@ -214,8 +211,7 @@ class Estimate:
         return grads
 
 
-EstimateFn = Callable[..., Estimate]
-ESTIMATES: Registry[EstimateFn] = Registry("defence estimate")
+ESTIMATES: Registry[Callable[..., Estimate]] = Registry("defence estimate")
 
 
 @ESTIMATES.register("clipping")

@@ -135,8 +135,7 @@ class Generator(nn.Module):
                 "stand_in": self.stand_in}
 
 
-Builder = Callable[..., Generator]
-GENERATORS: Registry[Builder] = Registry("generator")
+GENERATORS: Registry[Callable[..., Generator]] = Registry("generator")
 
 
 def load_generator(kind: str, checkpoint: str | Path | None, device: torch.device | str,

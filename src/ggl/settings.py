@@ -19,9 +19,7 @@ Schedule = Literal["none", "warmup-cosine", "step"]  # ggl.attack.optimisers.SCH
 Design = Literal["lhs", "sobol"]  # ggl.attack.optimisers.DESIGNS
 
 
-@cache
-def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
+_hints = cache(get_type_hints)  # a settings class's field types, resolved once
 
 
 def _check_types(obj: Any) -> None:

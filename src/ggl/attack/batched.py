@@ -158,9 +158,8 @@ def _capture(model: nn.Module, layers: Sequence[_Layer], images: torch.Tensor,
             missing = [m for m in layer_list if m not in records]
             if missing:
                 raise Unsupported(f"{type(missing[0]).__name__} is not called in forward")
-            outputs = [records[m][1] for m in layer_list]
-            deltas = torch.autograd.grad(loss, outputs, create_graph=create_graph,
-                                         allow_unused=True)
+            deltas = torch.autograd.grad(loss, [records[m][1] for m in layer_list],
+                                         create_graph=create_graph, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
@@ -267,8 +266,7 @@ def _cat(parts: list[Terms]) -> Terms:
 def _weight_terms(layer: _Layer, a: torch.Tensor, delta: torch.Tensor, y: torch.Tensor,
                   need: _Need, policy: Policy) -> Terms:
     """The terms of a conv or linear weight gradient, per candidate."""
-    m = layer.module
-    n = len(a)
+    m, n = layer.module, len(a)
     if layer.kind == "conv":
         def patches(s: slice) -> tuple[torch.Tensor, torch.Tensor]:
             return (F.unfold(a[s], m.kernel_size, m.dilation, m.padding, m.stride),  # (c, d, T)

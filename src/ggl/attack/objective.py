@@ -49,8 +49,7 @@ def l2_sum(trial: Sequence[torch.Tensor], received: Sequence[torch.Tensor]) -> t
 
 def cosine(trial: Sequence[torch.Tensor], received: Sequence[torch.Tensor]) -> torch.Tensor:
     """D2: 1 - <y, g> / (||y|| ||g||) over all parameters."""
-    dot = sum((t * r.unsqueeze(0)).flatten(1).sum(1) for t, r in zip(trial, received,
-                                                                       strict=True))
+    dot = sum((t * r).flatten(1).sum(1) for t, r in zip(trial, received, strict=True))
     trial_norm = torch.sqrt(sum(t.flatten(1).pow(2).sum(1) for t in trial))
     received_norm = torch.sqrt(sum(r.pow(2).sum() for r in received))
     return 1 - dot / (trial_norm * received_norm + 1e-12)

@@ -350,8 +350,7 @@ class Turbo:
 
 # --- the entry point -----------------------------------------------------------------------
 
-Runner = Callable[..., OptimiseResult]
-OPTIMISERS: dict[str, Runner] = {
+OPTIMISERS: dict[str, Callable[..., OptimiseResult]] = {
     "adam": run_adam, "cmaes": partial(run_ask_tell, CMAES), "turbo": partial(run_ask_tell, Turbo)}
 
 
