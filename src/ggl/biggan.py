@@ -5,11 +5,8 @@ and weights are separate downloads from the URLs inside the package (``urls()``)
 
 ``BIGGAN_DEEP_256`` equals ``BigGAN256`` in the package's own converter
 (``pytorch_pretrained_biggan/convert_tf_to_pytorch.py``; ``tests/test_generators.py`` checks the
-equality) and agrees with the BigGAN paper (Brock et al., ICLR 2019, appendix B): z and class
-embedding 128-d, ``ch`` = 128, two blocks per resolution (a plain one, then an up-sampling one)
-with channel multipliers 16,16 | 16,8 | 8,8 | 8,4 | 4,2 | 2,1 from 4x4 to 256x256, attention at
-64x64 (before the ninth block), 1000 classes; ``eps`` and ``n_stats`` are the package's defaults.
-``fetch_biggan`` refuses a downloaded config.json that differs from this dict.
+equality) and agrees with the BigGAN paper (Brock et al., ICLR 2019, appendix B); ``eps`` and
+``n_stats`` are the package's defaults. ``fetch_biggan`` refuses a config.json that differs.
 
 No SHA-256 of the weights is published, so ``EXPECTED_SHA256`` holds ``None``: a download is then
 *not* trusted but kept beside the destination as ``<name>.unverified``, and the error prints its
@@ -43,7 +40,7 @@ BIGGAN_DEEP_256: dict[str, Any] = {
     "class_embed_dim": 128,
     "channel_width": 128,
     "num_classes": 1000,
-    "layers": [[False, 16, 16], [True, 16, 16],   # 4 -> 8
+    "layers": [[False, 16, 16], [True, 16, 16],   # (up-sample?, in, out) x ch; 4 -> 8
                [False, 16, 16], [True, 16, 8],    # 8 -> 16
                [False, 8, 8], [True, 8, 8],       # 16 -> 32
                [False, 8, 8], [True, 8, 4],       # 32 -> 64
@@ -154,11 +151,9 @@ def _beside(path: Path, suffix: str) -> Path:
 
 def download(name: str, url: str, dest: Mapping[str, Path], expected: str | None,
              opener: Opener = _urlopen) -> None:
-    """Download file ``name`` to ``dest[name]``, reached only when whole and verified.
-
-    A whole download that cannot be verified because no hash is known is kept beside it as
-    ``<final>.unverified`` (never at the final path) so that a rerun with its hash needs no
-    second download."""
+    """Download file ``name`` to ``dest[name]``, reached only when whole and verified. A whole
+    download without a known hash is kept as ``<final>.unverified`` instead, so that a rerun
+    with its hash needs no second download."""
     final = dest[name]
     kept = _beside(final, ".unverified")
     try:
@@ -185,11 +180,10 @@ def fetch_biggan(weights: Path, config: Path, sha256: Mapping[str, str] | None =
                  sources: Mapping[str, str] | None = None, opener: Opener = _urlopen) -> Path:
     """Make sure verified BigGAN-deep-256 weights and config are at ``weights`` and ``config``.
 
-    Files already present and verified are not downloaded again; a present file that fails
-    verification is moved aside to ``<path>.rejected`` (never trusted, never deleted).
-    ``sha256`` overrides ``EXPECTED_SHA256`` per file name; ``sources`` overrides the
-    package's URLs (tests, mirrors). Returns the weights path (the ``checkpoint`` of
-    ``load_generator``)."""
+    Verified files present are not downloaded again; one that fails verification is moved aside
+    to ``<path>.rejected`` (never trusted, never deleted). ``sha256`` overrides
+    ``EXPECTED_SHA256`` per file name, ``sources`` the package's URLs (tests, mirrors). Returns
+    the weights path (the ``checkpoint`` of ``load_generator``)."""
     dest = {WEIGHTS_FILE: Path(weights), CONFIG_FILE: Path(config)}
     # The small, content-checked config first: a weights problem then leaves it in place.
     for name, url in sorted((sources or urls()).items(), key=lambda item: item[0] != CONFIG_FILE):

@@ -157,9 +157,8 @@ def apply_defence(grads: Gradient, steps: Sequence[DefenceStep], ctx: ClientCont
 
 # --- the attacker's estimates (T-hat) ----------------------------------------------------
 
-# The estimate is data: a sequence of ops, each one of the primitives above. ``apply`` on each op
-# is the reference (one candidate at a time or batched); ggl.attack.batched reads the same ops
-# to apply them to per-candidate norms and dot products without materialising every gradient.
+# The estimate is data: ops, each one of the primitives above, whose ``apply`` is the reference;
+# ggl.attack.batched applies the same ops to per-candidate norms and dot products instead.
 
 @dataclass(frozen=True)
 class ClipGlobal:

@@ -1,14 +1,11 @@
 """WGAN-GP training of the 32x32 generator on the public split, and its quality check.
 
-The authors never released their generator, so the pipeline trains it. ``train_gan`` only ever
-receives the public images. It is resumable: everything it needs (networks, optimisers, EMA,
-loss rows, counters) is saved atomically at the end of every epoch, and every epoch draws its
-randomness from its own seed, so a killed run resumed from its last epoch ends with the same
+The authors never released their generator, so the pipeline trains it, on the public images
+only. Training is resumable: its whole state is saved atomically after every epoch and every
+epoch draws from its own seed, so a killed run resumed from its last epoch ends with the same
 weights as an uninterrupted one (on the CPU; CUDA kernels may differ in the last bits).
-
-Two recipes (every value is a params field, ``GanTrainConfig`` has no defaults):
-``PAPER_RECIPE`` is the paper's, ``CPU_RECIPE`` the default engineered for about 2.5 minutes on
-2 CPU cores (see ``CPU_RECIPE``'s comment for what it changes and why).
+``PAPER_RECIPE`` is the paper's recipe, ``CPU_RECIPE`` the default's (about 2.5 minutes on 2 CPU
+cores); every value is a params field, so ``GanTrainConfig`` has no defaults.
 """
 
 from __future__ import annotations
@@ -49,30 +46,26 @@ class GanTrainConfig:
     gp_every: int                # penalise every k-th critic step, weight x k ("lazy"); paper 1
     drift_weight: float          # epsilon * E[D(real)^2] keeps critic outputs near 0; paper 0
     ema: float                   # EMA decay of the generator's weights; 0 = off (paper)
-    lr_decay: bool               # both lrs linearly to 0 over training (WGAN-GP's CIFAR-10
-                                 # recipe); paper: off
+    lr_decay: bool               # both lrs linearly to 0 (WGAN-GP's CIFAR-10 recipe); paper: off
     bn_recalibration: int        # batches of 256 latents to re-estimate BN statistics; 0 = off
     latent_dim: int
     width: int                   # generator 8w/4w/2w channels, critic 2w/4w/8w; paper 64
-    num_classes: int             # > 0: class-conditional networks trained on the public labels
-                                 # (params generator.conditional); paper: 0
+    num_classes: int             # > 0: class-conditional, on the public labels; paper: 0
     seed: int
 
     def __post_init__(self) -> None:  # params' schema checks the values (generator.train)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))  # YAML lists
 
 
-# The paper: 100 epochs, batch 64, Adam lr 1e-4 betas (0.5, 0.999), 5 critic steps per
-# generator step, gradient penalty 10, width 64 (512/256/128 channels), no EMA.
+# The paper's recipe (width 64: 512/256/128 channels).
 PAPER_RECIPE = GanTrainConfig(
     epochs=100, batch_size=64, lr=1e-4, generator_lr=1e-4, betas=(0.5, 0.999), critic_steps=5,
     gp_weight=10.0, gp_every=1, drift_weight=0.0, ema=0.0, lr_decay=False, bn_recalibration=0,
     latent_dim=128, width=64, num_classes=0, seed=0)
 
-# Engineered for 2 CPU cores (measurements in the README): same architecture family and loss
-# (WGAN-GP), narrower, one critic step per generator step, Adam betas (0, 0.9) of the WGAN-GP
-# paper, higher learning rates, an EMA of the generator's weights with recalibrated BatchNorm
-# statistics.
+# Engineered for 2 CPU cores (README): the same networks and loss, narrower, one critic step
+# per generator step, the WGAN-GP paper's Adam betas (0, 0.9), higher learning rates, an EMA of
+# the generator's weights with recalibrated BatchNorm statistics.
 CPU_RECIPE = GanTrainConfig(
     epochs=60, batch_size=64, lr=5e-4, generator_lr=5e-4, betas=(0.0, 0.9), critic_steps=1,
     gp_weight=10.0, gp_every=1, drift_weight=1e-3, ema=0.99, lr_decay=False, bn_recalibration=8,
@@ -270,8 +263,7 @@ class TrainedGan:
         return fig
 
     def samples(self) -> torch.Tensor:
-        """Seeded samples for a grid; conditional with up to 16 classes: k x k, column j of
-        class j."""
+        """Seeded samples for a grid; conditional, up to 16 classes: k x k, column j of class j."""
         cfg = self.cfg
         generator = Generator(copy.deepcopy(self.net), cfg.latent_dim, self.image_size,
                               conditional=bool(cfg.num_classes), num_classes=cfg.num_classes)
@@ -287,13 +279,10 @@ def train_gan(public_images: torch.Tensor, cfg: GanTrainConfig, resume_path: str
               device: torch.device | str, log: Any = None,
               on_epoch_end: Callable[[int], None] | None = None,
               public_labels: torch.Tensor | None = None) -> TrainedGan:
-    """Train on the public images (N, 3, H, W) in [-1, 1]. A conditional recipe
-    (``cfg.num_classes`` > 0) also needs ``public_labels`` (N,).
-
-    Everything needed to resume is written to ``resume_path`` after every epoch; a rerun after
-    a kill resumes from the last finished epoch when the settings and the images are the same
-    (the caller removes the file once the outputs are safe). ``on_epoch_end(epoch)`` runs after
-    each epoch's checkpoint is saved."""
+    """Train on the public images (N, 3, H, W) in [-1, 1] (and ``public_labels`` (N,) when
+    ``cfg.num_classes`` > 0). The state is written to ``resume_path`` after every epoch; a rerun
+    after a kill resumes from it when the settings and images are the same (the caller removes
+    it once the outputs are safe). ``on_epoch_end(epoch)`` runs after each save."""
     resume_path, device = Path(resume_path), torch.device(device)
     labels = None
     if cfg.num_classes:
@@ -344,7 +333,6 @@ def _smooth(values: list[float], k: int) -> list[float]:
 
 # --- quality check -------------------------------------------------------------------------
 
-
 def _classifier(num_classes: int) -> nn.Module:
     """A small CNN judge for 32x32 images (about 99 % on digits after a few seconds)."""
     return nn.Sequential(
@@ -365,11 +353,10 @@ def quality_check(generator: Generator, public_images: torch.Tensor,
                   device: torch.device | str = "cpu",
                   seed: int = 0, n_samples: int = 2000, *, num_classes: int | None = None,
                   classifier_epochs: int = 15) -> dict[str, Any]:
-    """How recognisable the generator's samples are, judged by a classifier of the public split.
-
+    """How recognisable the generator's samples are, judged by a classifier of the public split:
     ``sample_confidence`` (mean top-class probability on ``n_samples`` samples) near
-    ``real_confidence`` (the same on the private images) means samples as recognisable as
-    real images; ``classes_covered`` below the number of classes shows mode collapse."""
+    ``real_confidence`` (the same on the private images) means as recognisable as real images;
+    ``classes_covered`` below the number of classes shows mode collapse."""
     device = torch.device(device)
     num_classes = int(num_classes or int(public_labels.max()) + 1)
     gen = torch.Generator().manual_seed(derive_seed(seed, "quality-check"))

@@ -25,7 +25,6 @@ from ggl.plugins import Registry
 
 # --- the paper's 32x32 WGAN-GP networks -----------------------------------------------------
 
-
 class DCGANGenerator(nn.Module):
     """The paper's 32x32 generator, channels scaled by ``width`` (paper: width 64).
 
@@ -81,7 +80,6 @@ class DCGANCritic(nn.Module):
 
 
 # --- the interface ----------------------------------------------------------------------------
-
 
 class Generator(nn.Module):
     """``generator(z (n, latent_dim), labels (n,) or None) -> (n, 3, image_size, image_size)``.
@@ -201,7 +199,6 @@ def build_dcgan(checkpoint: str | Path | None, image_size: int = 32, latent_dim:
 
 # --- BigGAN-deep-256 ----------------------------------------------------------------------------
 
-
 class _BigGANNet(nn.Module):
     """Adapts BigGAN's ``(z, one-hot, truncation)`` call to ``(z, one-hot)``."""
 
@@ -214,13 +211,11 @@ class _BigGANNet(nn.Module):
 
 
 def _sane_biggan_init(biggan: nn.Module, truncation: float, seed: int) -> None:
-    """Make a random-weight BigGAN produce finite, varied images.
-
-    Two faults of the package's random init: the final unconditional BatchNorm's weight and bias
-    are ``torch.Tensor(n)``, i.e. uninitialised memory (garbage, sometimes NaN), and every
-    BatchNorm normalises with stored statistics (mean 0, var 1) that random weights do not have,
-    so activations grow block after block until they overflow. Fix the first with ones/zeros and
-    the second by storing each BatchNorm's actual statistics, measured on one seeded batch."""
+    """Make a random-weight BigGAN produce finite, varied images. The package's random init
+    leaves the final unconditional BatchNorm's weight and bias uninitialised (``torch.Tensor(n)``,
+    sometimes NaN: set to ones and zeros here), and the stored statistics (mean 0, var 1) do not
+    fit random weights, so activations overflow block after block: each BatchNorm gets its
+    actual statistics instead, measured on one seeded batch."""
     from pytorch_pretrained_biggan.model import BigGANBatchNorm
 
     norms = [m for m in biggan.modules() if isinstance(m, BigGANBatchNorm)]

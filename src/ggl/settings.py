@@ -42,8 +42,7 @@ def _check_types(obj: Any) -> None:
 
 
 class _Settings:
-    """Checks types on construction (``_check_types``) and the lower bounds in ``LIMITS``:
-    field -> (">" or ">=", bound)."""
+    """Checks ``_check_types`` and the lower bounds ``LIMITS``: field -> (">" or ">=", bound)."""
 
     LIMITS: ClassVar[dict[str, tuple[str, float]]] = {}
 

@@ -10,9 +10,8 @@ the trials of the GGL attacks.
 | ig | inferred | cosine | total variation | Adam, signed gradients, step decay |
 | gi | inferred | squared l2 | total variation + l2 | Adam |
 
-Budgets count objective evaluations (one dummy image's gradient matched once). Every method
-here makes one evaluation per iteration (L-BFGS runs without line search, as DLG), so the
-budget is also the number of iterations.
+Budgets count objective evaluations; every method makes one per iteration (L-BFGS runs without
+line search, as DLG), so the budget is also the number of iterations.
 """
 
 from __future__ import annotations

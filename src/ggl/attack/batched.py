@@ -1,12 +1,12 @@
 """The GGL matching loss for a whole batch of candidates without one backward pass each.
 
-The objective needs, for each candidate image x_i, ``D(y, T-hat(g_i))`` where g_i is the
-model's batch-1 cross-entropy gradient. The model is in eval mode, so BatchNorm is a fixed
-affine map and the candidates are independent: ONE forward and ONE backward of the summed loss
-give, for every layer, each candidate's input ``a_i`` and output gradient ``delta_i`` (forward
-hooks; autograd asked for the gradients of the layer outputs only, so no weight gradient is
-ever summed over the batch). What the distance needs of g_i is, per parameter tensor l, the
-squared norm ``N_l = ||g_il||^2`` and the dot product ``D_l = <g_il, y_l>``:
+The objective needs, for each candidate image x_i, ``D(y, T-hat(g_i))`` with g_i the model's
+batch-1 cross-entropy gradient. In eval mode BatchNorm is a fixed affine map and the candidates
+are independent: ONE forward and ONE backward of the summed loss give, for every layer, each
+candidate's input ``a_i`` and output gradient ``delta_i`` (forward hooks; autograd is asked for
+the layer outputs' gradients only, so no weight gradient is ever summed over the batch). Per
+parameter tensor l the distance needs the squared norm ``N_l = ||g_il||^2`` and the dot product
+``D_l = <g_il, y_l>``:
 
     ||s g - y||^2 = s^2 N - 2 s D + ||y||^2      cosine: 1 - sum D / (sqrt(sum N) ||y||)
 
@@ -14,23 +14,21 @@ for any positive per-candidate, per-tensor scale s, which is all that clipping d
 linear weight gradient is ``G_i = sum_t delta_i[:, t] U_i[:, t]^T`` over output positions t,
 with U_i the unfolded input patches (d = C_in k^2 rows, T columns). Per layer either
 
-* materialise G_i (the backend's weight-gradient kernel one candidate at a time on the CPU,
-  a batched unfold + matmul elsewhere; cheap when the kernel is small and the feature map
-  large; c*d memory per candidate, bounded by chunking), or
-* the Gram-matrix ("ghost") norm ``N = sum_{t,t'} (U^T U)_{tt'} (delta^T delta)_{tt'}``
-  (cost T^2 (d + c): cheap when the feature map is small) with the dot product
-  ``D = <delta_i, conv(a_i, y_l)>``: one ordinary batched convolution with y_l as its weight.
+* materialise G_i (the backend's weight-gradient kernel per candidate on the CPU, a batched
+  unfold + matmul elsewhere; cheap for a small kernel and a large feature map), or
+* the Gram-matrix ("ghost") norm ``N = sum_{t,t'} (U^T U)_{tt'} (delta^T delta)_{tt'}`` (cost
+  T^2 (d + c): cheap for a small feature map) with ``D = <delta_i, conv(a_i, y_l)>``, one
+  ordinary batched convolution with y_l as its weight.
 
-Entry-wise estimates (sparsification's per-tensor top-k, a mask on the fc weight) need the
-entries: those tensors are materialised in chunks, masked with ``ggl.defences``' own primitive
-or pruned with the same threshold as ``prune_smallest`` (found by a faster exact selection),
-then reduced. A column mask on a linear weight is applied to the layer's input instead, so
-Soteria's estimate needs no materialisation.
+Entry-wise estimates need the entries: those tensors are materialised in chunks, then masked
+with ``ggl.defences``' own primitive or pruned with ``prune_smallest``'s threshold (found by a
+faster exact selection). A column mask on a linear weight (Soteria's) is applied to the layer's
+input instead, with no materialisation.
 
 Precision: where only (N, D) are known the expansion cancels ||y||^2-sized terms, so it is
-summed in float64, and small tensors (biases, BatchNorm, a small fc) as well as materialised
-ones without clipping give ||g - y||^2 directly, as the loop does. What remains is float32
-round-off in N and D of the large Gram-norm layers: ~1e-7 of their ||y_l||^2.
+summed in float64; small tensors and materialised ones without clipping give ||g - y||^2
+directly, as the loop does. What remains is float32 round-off in N and D of the large
+Gram-norm layers: ~1e-7 of their ||y_l||^2.
 """
 
 from __future__ import annotations
@@ -66,8 +64,7 @@ class NotFaster(Unsupported):
 
 @dataclass(frozen=True)
 class Policy:
-    """When and how the batched path runs; the field defaults and ``default_policy`` hold the
-    measured values."""
+    """When and how the batched path runs; the defaults are measured (see ``default_policy``)."""
 
     chunk_bytes: int  # activation memory of one forward/backward chunk of candidates
     work_elems: int  # scratch of one layer's per-candidate tensors (patches, materialised G)

@@ -107,10 +107,10 @@ def trial_gradients(model: nn.Module, images: torch.Tensor, label: int | torch.T
 class Objective:
     """Scores a batch of latents (n, k) -> (n,) losses; differentiable with respect to them.
 
-    ``scorer`` (params' ``scorer``): ``loop`` computes one gradient
-    per candidate; ``batched`` the whole batch at once (``ggl.attack.batched``; an error where
-    it cannot); ``auto`` the batched path where the device's measured policy says it is faster
-    and the model and estimate allow it, checked once against the loop, else the loop."""
+    ``scorer`` (params'): ``loop`` computes one gradient per candidate; ``batched`` the whole
+    batch at once (``ggl.attack.batched``; an error where it cannot); ``auto`` the batched path
+    where the device's measured policy says it is faster and the model and estimate allow it,
+    checked once against the loop, else the loop."""
 
     def __init__(self, model: nn.Module, generate: Callable[[torch.Tensor], torch.Tensor],
                  received: Sequence[torch.Tensor], label: int, estimate: Estimate,

@@ -4,14 +4,10 @@ An objective maps a batch of latents (n, d) to (n,) losses (differentiably, for 
 evaluation = one latent scored, whatever the optimiser: this fixes the authors' mixed budget
 units (Adam updates, BO points, CMA-ES rounds that silently dropped most candidates).
 
-``minimise(method, ...)`` looks the method up in ``OPTIMISERS``. The gradient-free methods are
-ask/tell objects like the ``cma`` package's: ``ask(limit)`` proposes at most ``limit`` latents,
-the driver scores them in ONE objective call, ``tell`` takes the losses. The driver, not the
-optimiser, keeps the best point ever evaluated, the evaluation count and the loss curve.
-
-Seeding: every random stream (initial latents, cma's sampler, Latin-hypercube/Sobol designs,
-the candidate masks, BoTorch's posterior sampling) is derived from ``seed``; none reads or
-leaves a mark on the caller's global torch or numpy RNG state.
+The gradient-free methods are ask/tell objects: ``ask(limit)`` proposes at most ``limit``
+latents, ``run_ask_tell`` scores them in ONE objective call and keeps the best point, the
+evaluation count and the loss curve, ``tell`` takes the losses. Every random stream is derived
+from ``seed``; none reads or leaves a mark on the caller's global torch or numpy RNG state.
 """
 
 from __future__ import annotations
@@ -140,8 +136,7 @@ def run_adam(objective: Objective, dim: int, budget: int, cfg: AdamConfig, seed:
 def run_ask_tell(cls: type[CMAES | Turbo], objective: Objective, dim: int, budget: int,
                  cfg: Any, seed: int, device: torch.device,
                  progress: Progress | None = None) -> OptimiseResult:
-    """Score each proposal of ``cls(dim, cfg, seed)`` in one objective call until exactly
-    ``budget`` evaluations."""
+    """Score ``cls(dim, cfg, seed)``'s proposals, one objective call each, to ``budget``."""
     opt = cls(dim, cfg, seed)
     tracker = Tracker(progress)
     while tracker.evaluations < budget:
@@ -161,14 +156,10 @@ def run_ask_tell(cls: type[CMAES | Turbo], objective: Objective, dim: int, budge
 class CMAES:
     """The ``cma`` package's CMA-ES, told exactly once per full generation.
 
-    A whole generation is one objective call. When fewer than ``popsize`` evaluations remain,
-    ``ask(limit)`` returns the first ``limit`` candidates of a fresh generation: they are
-    scored and count (they may hold the best point), but the truncated generation is NOT told,
-    since CMA's update needs the ranking of a complete population.
-
-    ``cma`` draws from numpy's global RNG (it seeds it from its ``seed`` option): every call
-    into it runs on a private numpy state swapped in and out, so neither the caller nor the
-    objective can disturb its stream, nor it theirs."""
+    When fewer than ``popsize`` evaluations remain, ``ask(limit)`` returns the first ``limit``
+    candidates of a fresh generation: scored and counted, but not told (CMA's update needs the
+    ranking of a complete population). ``cma`` draws from numpy's global RNG, so every call into
+    it runs on a private numpy state swapped in and out: neither side disturbs the other."""
 
     def __init__(self, dim: int, cfg: CMAESConfig, seed: int) -> None:
         import cma
@@ -237,16 +228,14 @@ class Turbo:
     """TuRBO-1 (Eriksson et al., NeurIPS 2019), written from the paper on BoTorch's API.
 
     Points live in the unit cube, mapped affinely to the box. After an initial design, each
-    batch: fit a GP (Matern-5/2 ARD, constant mean, standardised outcomes, float64 on the CPU)
-    to the points of the current restart; centre the trust region on their best point, its
-    sides ``length`` times the lengthscales divided by their geometric mean (so its volume
-    is length^d) and clipped to the cube; draw Sobol candidates in it, each replacing a random
-    subset of the centre's coordinates (probability min(20/d, 1), at least one); Thompson
-    sampling picks the batch (one posterior sample per point, without replacement). A batch
-    improving the restart's best by more than 1e-3 of its magnitude is a success;
-    ``success_tolerance`` successes in a row double the length (up to length_max),
-    ``failure_tolerance`` failures in a row halve it; below ``length_min`` the region has
-    collapsed and the search restarts from a fresh initial design, forgetting its points."""
+    batch fits a GP (Matern-5/2 ARD, constant mean, standardised outcomes, float64 on the CPU)
+    to the current restart's points; the trust region is centred on their best point, its sides
+    ``length`` times the lengthscales over their geometric mean (volume length^d), clipped to
+    the cube; Sobol candidates in it each replace a random subset of the centre's coordinates
+    (probability min(20/d, 1), at least one); Thompson sampling picks the batch. A batch beating
+    the restart's best by more than 1e-3 of its magnitude is a success; ``success_tolerance``
+    successes in a row double the length (up to length_max), ``failure_tolerance`` failures
+    halve it; below ``length_min`` the search restarts from a fresh initial design."""
 
     def __init__(self, dim: int, cfg: TurboConfig, seed: int) -> None:
         self.dim, self.cfg, self.seed = dim, cfg, seed

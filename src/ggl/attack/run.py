@@ -1,11 +1,9 @@
 """The curious server's attack on one received update.
 
-The attacker's inputs are exactly the received gradient record, the federated model spec it
-names and the generator; it infers the label analytically. Nothing here takes or reads a
-private image: ``Attacker`` has no field for one.
-
-An attack is a function ``(attacker, cfg, seed) -> Trial`` (``ggl.attack.ATTACKS`` maps
-params' ``method`` to one); the GGL optimisers and the baselines share the trials logic.
+The attacker has exactly the received gradient record, the federated model spec it names and
+the generator, and infers the label analytically: ``Attacker`` has no field for a private image.
+An attack is a function ``(attacker, cfg, seed) -> Trial`` (``ggl.attack.ATTACKS`` maps params'
+``method`` to one); the GGL optimisers and the baselines share the trials logic.
 """
 
 from __future__ import annotations

@@ -31,8 +31,7 @@ def import_graph() -> dict[str, frozenset[str]]:
 
 
 def _imports(node: ast.AST) -> set[str]:
-    """Every module an import statement under ``node`` names (the package has no
-    ``if TYPE_CHECKING:`` blocks, so every import may run)."""
+    """Every module an import statement under ``node`` names."""
     if isinstance(node, ast.Import):
         return {alias.name for alias in node.names}
     if isinstance(node, ast.ImportFrom) and node.module and not node.level:
