@@ -178,12 +178,10 @@ def download(name: str, url: str, dest: Mapping[str, Path], expected: str | None
 
 def fetch_biggan(weights: Path, config: Path, sha256: Mapping[str, str] | None = None, *,
                  sources: Mapping[str, str] | None = None, opener: Opener = _urlopen) -> Path:
-    """Make sure verified BigGAN-deep-256 weights and config are at ``weights`` and ``config``.
-
-    Verified files present are not downloaded again; one that fails verification is moved aside
-    to ``<path>.rejected`` (never trusted, never deleted). ``sha256`` overrides
-    ``EXPECTED_SHA256`` per file name, ``sources`` the package's URLs (tests, mirrors). Returns
-    the weights path (the ``checkpoint`` of ``load_generator``)."""
+    """Make sure verified BigGAN-deep-256 weights and config are at ``weights`` and ``config``:
+    verified files present are not downloaded again, one that fails verification is moved aside
+    to ``<path>.rejected`` (never trusted, never deleted). ``sha256`` overrides ``EXPECTED_SHA256``
+    per file name, ``sources`` the package's URLs (tests, mirrors). Returns the weights path."""
     dest = {WEIGHTS_FILE: Path(weights), CONFIG_FILE: Path(config)}
     # The small, content-checked config first: a weights problem then leaves it in place.
     for name, url in sorted((sources or urls()).items(), key=lambda item: item[0] != CONFIG_FILE):

@@ -1,12 +1,11 @@
 """Defences a client applies to its gradient, and the attacker's estimates of them.
 
 A gradient is a list of tensors, one per model parameter. The primitives work on *batched*
-gradients (each tensor has a leading candidate dimension n), so the attacker applies its
-estimate T-hat to a whole batch of trial gradients at once; the client calls them with n = 1.
-
-``DEFENCES`` maps a step's ``kind`` to the client's defence; ``ESTIMATES`` maps it to the
-attacker's estimate, which reads only the received gradient (and structural settings such as
-``per_layer``), never the defence's secret settings.
+gradients (a leading candidate dimension n), so the attacker applies its estimate T-hat to a
+whole batch of trial gradients at once; the client calls them with n = 1. ``DEFENCES`` maps a
+step's ``kind`` to the client's defence, ``ESTIMATES`` to the attacker's estimate, which reads
+only the received gradient (and structural settings such as ``per_layer``), never the
+defence's secret settings.
 """
 
 from __future__ import annotations

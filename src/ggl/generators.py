@@ -26,12 +26,9 @@ from ggl.plugins import Registry
 # --- the paper's 32x32 WGAN-GP networks -----------------------------------------------------
 
 class DCGANGenerator(nn.Module):
-    """The paper's 32x32 generator, channels scaled by ``width`` (paper: width 64).
-
-    Linear(k -> 8w*4*4), BN1d, ReLU; ConvT(8w->4w, k2 s2), BN, ReLU; ConvT(4w->2w, k2 s2), BN,
-    ReLU; ConvT(2w->3, k2 s2), tanh. Width 64 gives the paper's 512/256/128 channels.
-    ``num_classes`` > 0 makes it class-conditional (not in the paper): the label's one-hot is
-    appended to z before the linear layer."""
+    """The paper's 32x32 generator, channels scaled by ``width`` (the paper's 64: 512/256/128
+    channels). ``num_classes`` > 0 makes it class-conditional (not in the paper): the label's
+    one-hot is appended to z before the linear layer."""
 
     def __init__(self, latent_dim: int = 128, width: int = 64, num_classes: int = 0) -> None:
         super().__init__()
@@ -54,12 +51,10 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANCritic(nn.Module):
-    """The paper's WGAN-GP critic, no normalisation (the gradient penalty is per sample).
-
-    Conv(3->2w, k3 s2 p1), LeakyReLU; Conv(2w->4w); Conv(4w->8w); Linear(8w*4*4 -> 1).
-    Width 64 gives the paper's 128/256/512 channels and Linear(8192 -> 1). ``num_classes`` > 0
-    adds a projection term <embed(label), features> (Miyato & Koyama's projection critic), the
-    conditional counterpart of the generator's one-hot input."""
+    """The paper's WGAN-GP critic, no normalisation (the gradient penalty is per sample); width
+    64 gives its 128/256/512 channels. ``num_classes`` > 0 adds a projection term
+    <embed(label), features> (Miyato & Koyama's projection critic), the conditional counterpart
+    of the generator's one-hot input."""
 
     def __init__(self, width: int = 64, slope: float = 0.2, num_classes: int = 0) -> None:
         super().__init__()
@@ -82,11 +77,10 @@ class DCGANCritic(nn.Module):
 # --- the interface ----------------------------------------------------------------------------
 
 class Generator(nn.Module):
-    """``generator(z (n, latent_dim), labels (n,) or None) -> (n, 3, image_size, image_size)``.
-
-    Always in eval mode with ``requires_grad_(False)`` parameters. ``stand_in`` is None for real
-    (trained or downloaded) weights and otherwise says what the random-weight stand-in is, so no
-    result made with one can pass for the real thing."""
+    """``generator(z (n, latent_dim), labels (n,) or None) -> (n, 3, image_size, image_size)``,
+    always in eval mode with frozen parameters. ``stand_in`` is None for real (trained or
+    downloaded) weights, else what the random-weight stand-in is, so no result made with one
+    can pass for the real thing."""
 
     def __init__(self, net: nn.Module, latent_dim: int, image_size: int, *,
                  conditional: bool = False, num_classes: int = 0,
@@ -138,11 +132,10 @@ GENERATORS: Registry[Callable[..., Generator]] = Registry("generator")
 
 def load_generator(kind: str, checkpoint: str | Path | None, device: torch.device | str,
                    **options: Any) -> Generator:
-    """Build the generator of ``kind`` (a registered name or ``package.module:callable``).
-
-    ``checkpoint`` None gives a seeded random-weight stand-in (``stand_in`` says so). Options
-    are the builder's keyword arguments (image_size, latent_dim, width, num_classes, seed, ...);
-    the CLI passes the same set to every kind, so builders ignore the ones they do not use."""
+    """Build the generator of ``kind`` (a registered name or ``package.module:callable``);
+    ``checkpoint`` None gives a seeded random-weight stand-in (``stand_in`` says so). Options are
+    the builder's keyword arguments; the CLI passes the same set (image_size, latent_dim, width,
+    num_classes, seed, ...) to every kind, so builders ignore the ones they do not use."""
     built = GENERATORS.get(kind)(checkpoint=checkpoint, **options)
     if not isinstance(built, Generator):
         # A plugin may return a bare module z -> images; wrap it so it obeys the interface.
@@ -247,12 +240,10 @@ def _sane_biggan_init(biggan: nn.Module, truncation: float, seed: int) -> None:
 @GENERATORS.register("biggan-deep-256")
 def build_biggan(checkpoint: str | Path | None, image_size: int = 224, truncation: float = 1.0,
                  seed: int = 0, stand_in_width: int = 4, **_: Any) -> Generator:
-    """BigGAN-deep-256 (1000 classes, z in R^128), area-resized to ``image_size``.
-
-    ``checkpoint``: the verified ``biggan-deep-256-pytorch_model.bin`` of ``ggl.biggan``; its
-    architecture is ``ggl.biggan.BIGGAN_DEEP_256``. Without it: a random-weight stand-in of that
-    architecture narrowed to ``stand_in_width`` channels per unit (the real model: 128), with a
-    sane initialisation; for tests and timing only."""
+    """BigGAN-deep-256 (1000 classes, z in R^128), area-resized to ``image_size``; ``checkpoint``
+    is the verified ``biggan-deep-256-pytorch_model.bin`` of ``ggl.biggan``. Without it: a
+    random-weight stand-in of ``ggl.biggan.BIGGAN_DEEP_256`` narrowed to ``stand_in_width``
+    channels per unit (the real model: 128), sanely initialised; for tests and timing only."""
     from pytorch_pretrained_biggan import BigGAN, BigGANConfig
 
     from ggl.biggan import BIGGAN_DEEP_256

@@ -1,8 +1,7 @@
 """Reconstruction quality: MSE-I, PSNR (two conventions), SSIM, LPIPS, MSE-R.
 
 ``CONVENTIONS`` states each column's convention; the metrics stage writes it beside the table.
-Without the ImageNet VGG16 weights the LPIPS column is ``lpips_vgg_stand_in`` (random
-backbone), never ``lpips_vgg``.
+Without the ImageNet VGG16 weights the LPIPS column is ``lpips_vgg_stand_in`` (random backbone).
 """
 
 from __future__ import annotations

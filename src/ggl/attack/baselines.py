@@ -1,7 +1,6 @@
 """The paper's pixel-space baselines: DLG, iDLG, Inverting Gradients (IG) and GradInversion
-(GI, without BatchNorm statistics). Each optimises a dummy image directly, and is one more
-entry of the attack table sharing the distances, the defence estimate, label inference and
-the trials of the GGL attacks.
+(GI, without BatchNorm statistics). Each optimises a dummy image directly and shares the GGL
+attacks' distances, defence estimate, label inference and trials.
 
 | method | label | distance | image prior | optimiser |
 |---|---|---|---|---|

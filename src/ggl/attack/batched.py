@@ -178,11 +178,10 @@ Terms = dict[str, torch.Tensor]  # N<k>: ||.||^2 after k entry-wise ops; D, E, G
 
 @dataclass
 class _Need:
-    """What the distance needs of one tensor, per candidate, after its entry-wise ops:
-    ``keep``: the tensor G itself (small tensors; the loss is then computed directly, as the
-    loop does, free of cancellation); ``dist``: E = ||g - y||^2 only (no clipping, l2);
-    ``nd``: the squared norm N and the dot D = <g, y>. ``prefixes``: the numbers of entry-wise
-    ops after which a clip reads the norm."""
+    """What the distance needs of one tensor after its entry-wise ops, per candidate: ``keep``
+    the tensor G itself (small tensors: the loss directly, as the loop, free of cancellation),
+    ``dist`` only E = ||g - y||^2 (no clipping, l2), ``nd`` the squared norm N and the dot
+    D = <g, y>. ``prefixes``: the numbers of entry-wise ops after which a clip reads the norm."""
 
     struct: Struct
     prefixes: set[int]
@@ -190,11 +189,10 @@ class _Need:
 
 
 def kth_smallest(a: torch.Tensor, k: int) -> torch.Tensor:
-    """``a.kthvalue(k, dim=1).values`` for a (rows, m), exactly, but faster for large m: a
-    seeded random sample's quantiles bracket the k-th value with a wide margin (6 standard
-    deviations of the sample rank), one pass counts what lies below the bracket, and only the
-    few entries inside it (a few %) go through a selection. A row whose bracket misses
-    (possible in principle, not seen) gets the full ``kthvalue``."""
+    """``a.kthvalue(k, dim=1).values`` for a (rows, m), exactly, but faster for large m: a seeded
+    random sample's quantiles bracket the k-th value with a wide margin (6 standard deviations of
+    the sample rank) and only the few entries inside the bracket go through a selection; a row
+    whose bracket misses (possible in principle, not seen) gets the full ``kthvalue``."""
     rows, m = a.shape
     sample = min(1 << 14, m // 16)
     if sample < 1 << 12:

@@ -1,9 +1,8 @@
 """The GGL objective: D(y, T-hat(F(G(z)))) + lambda R(z), scored for a batch of latents.
 
-``F`` is the federated model's cross-entropy gradient at batch size 1 for the inferred label,
-``T-hat`` the attacker's estimate of the defence (``ggl.defences.estimate_defence``), ``D`` a
-gradient distance and ``R`` a latent regulariser. Distances and regularisers are lookup tables:
-a new one is one more entry.
+``F`` is the federated model's batch-1 cross-entropy gradient for the inferred label, ``T-hat``
+the attacker's estimate of the defence (``ggl.defences.estimate_defence``), ``D`` a gradient
+distance and ``R`` a latent regulariser; both are lookup tables, a new one is one more entry.
 """
 
 from __future__ import annotations
@@ -15,14 +14,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ggl.attack.batched import (
-    BatchedScorer,
-    NotFaster,
-    Policy,
-    Unsupported,
-    default_policy,
-    verify,
-)
+from ggl.attack.batched import BatchedScorer, NotFaster, Policy, Unsupported, default_policy, verify
 from ggl.defences import Estimate, Gradient
 from ggl.settings import ObjectiveConfig
 
@@ -87,9 +79,8 @@ REGULARISERS: dict[str, Regulariser] = {"kl": kl_scalar, "norm": norm_deviation,
 def trial_gradients(model: nn.Module, images: torch.Tensor, label: int | torch.Tensor,
                     create_graph: bool = False) -> Gradient:
     """The model's batch-1 cross-entropy gradient of each image, stacked: list of (n, ...).
-
-    ``label`` is a class index, or (n, classes) soft-label probabilities (DLG learns them).
-    One backward pass per candidate (eval-mode BatchNorm makes the candidates independent);
+    ``label`` is a class index or (n, classes) soft-label probabilities (DLG learns them). One
+    backward pass per candidate (eval-mode BatchNorm makes the candidates independent);
     ``create_graph`` keeps the graph for double backpropagation."""
     params = [p for p in model.parameters()]
     if isinstance(label, int):
