@@ -54,16 +54,11 @@ BIGGAN_DEEP_256: dict[str, Any] = {
 WEIGHTS_FILE = "biggan-deep-256-pytorch_model.bin"
 CONFIG_FILE = "biggan-deep-256-config.json"
 
-# None = not known here; see the module docstring. Fill in from a verified download.
-EXPECTED_SHA256: dict[str, str | None] = {WEIGHTS_FILE: None, CONFIG_FILE: None}
-
-# Not a checksum: the float32 tensors of the architecture above (58,573,185 values incl. the
-# BatchNorm statistics buffers) take 234,292,740 bytes, so expect a file of about 234 MB.
+EXPECTED_SHA256: dict[str, str | None] = {WEIGHTS_FILE: None, CONFIG_FILE: None}  # None: unknown
+# Not a checksum: 58,573,185 float32 values (with the BatchNorm statistics), about 234 MB.
 APPROX_WEIGHTS_BYTES = 234_292_740
 
 Opener = Callable[[str], Any]  # url -> a context-managed response with .read() and .headers
-
-
 NO_HASH = "no SHA-256 is known for it"
 
 
@@ -154,8 +149,7 @@ def download(name: str, url: str, dest: Mapping[str, Path], expected: str | None
     """Download file ``name`` to ``dest[name]``, reached only when whole and verified. A whole
     download without a known hash is kept as ``<final>.unverified`` instead, so that a rerun
     with its hash needs no second download."""
-    final = dest[name]
-    kept = _beside(final, ".unverified")
+    final, kept = dest[name], _beside(dest[name], ".unverified")
     try:
         with io.atomic_path(final) as tmp:  # renamed onto `final` only if this block succeeds
             actual = _stream(url, tmp, opener)

@@ -32,11 +32,8 @@ def client_gradient(model: nn.Module, image: torch.Tensor, label: torch.Tensor) 
     return [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
 
 
-def defence_record(name: str, steps: tuple[DefenceStep, ...]) -> dict[str, Any]:
-    return {"name": name, "steps": [{"kind": s.kind, **s.settings} for s in steps]}
-
-
 def steps_from_record(record: dict[str, Any]) -> tuple[DefenceStep, ...]:
+    """The defence steps of a received update's ``defence`` record (see ``defended_gradients``)."""
     return tuple(DefenceStep.from_raw(step) for step in record["steps"])
 
 
@@ -46,6 +43,7 @@ def defended_gradients(params: Params, defence: str, images: torch.Tensor, label
     truth). ``images`` and ``labels`` are the private split."""
     device = resolve_device(params.device)
     steps = params.defences[defence]
+    record = {"name": defence, "steps": [{"kind": s.kind, **s.settings} for s in steps]}
     model = build_model(params.model, device)
     fc_index = fc_weight_index(model)
     names = [name for name, _ in model.named_parameters()]
@@ -56,7 +54,7 @@ def defended_gradients(params: Params, defence: str, images: torch.Tensor, label
         ctx = ClientContext(model, image, label, fc_index, torch.Generator().manual_seed(seed))
         received = apply_defence(client_gradient(model, image, label), steps, ctx)
         public = {"format": GRADIENT_FORMAT, "image_id": image_id(index),
-                  "defence": defence_record(defence, steps), "model": asdict(params.model),
+                  "defence": record, "model": asdict(params.model),
                   "image_size": params.data.image_size, "param_names": names,
                   "fc_index": fc_index, "defence_seed": seed}
         yield (image_id(index), {**public, "gradient": [g.cpu() for g in received]},

@@ -1,7 +1,6 @@
-"""Params: load a params file, validate it against the one schema, expose typed dataclasses.
-
-Validation happens before any compute starts and every message names the offending key and
-what is allowed, e.g. ``defences.noise[0].sigma: -1 is less than the minimum of 0``.
+"""Params: load a params file, validate it against the one schema (before any compute, every
+message naming the offending key and what is allowed, e.g. ``defences.noise[0].sigma: -1 is less
+than the minimum of 0``), and expose typed dataclasses.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""Datasets and the public/private split.
-
-The server's public images train the generator; the clients' private images are attacked.
-Each dataset is one entry in ``DATASETS``: a loader that returns a ``Split``. Images are kept
-as uint8 (N, 3, H, W) on disk and become float in [-1, 1] (mean = std = 0.5, as the paper)
-when loaded, so every stage sees the same pixels.
+"""Datasets and the public/private split: the server's public images train the generator, the
+clients' private images are attacked. Each dataset is a loader in ``DATASETS`` that returns a
+``Split``. Images are stored as uint8 (N, 3, H, W) and loaded as float in [-1, 1] (mean = std =
+0.5, as the paper), so every stage sees the same pixels.
 """
 
 from __future__ import annotations

@@ -42,8 +42,7 @@ def _per_candidate(scale: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def clip_factor(norm: torch.Tensor, bound: float | torch.Tensor) -> torch.Tensor:
-    """What clipping to ``bound`` multiplies a gradient of this norm by (also the batched
-    scorer's, so the arithmetic exists once)."""
+    """What clipping to ``bound`` multiplies a gradient of this norm by (batched scorer's too)."""
     return torch.clamp(bound / (norm + CLIP_EPS), max=1.0)
 
 

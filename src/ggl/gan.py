@@ -148,10 +148,9 @@ def _epoch(s: _State, images: torch.Tensor, labels: torch.Tensor | None, cfg: Ga
                for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)] or [order]
     s.g.train()
     pending: list[list[float]] = []  # critic metrics since the last generator step
-    total = len(batches) * cfg.epochs
     for idx in batches:
         if cfg.lr_decay:  # from the step count alone, so a resumed run decays identically
-            factor = 1 - s.critic_iters / total
+            factor = 1 - s.critic_iters / (len(batches) * cfg.epochs)
             for opt, lr in ((s.opt_c, cfg.lr), (s.opt_g, cfg.generator_lr)):
                 for group in opt.param_groups:
                     group["lr"] = lr * factor

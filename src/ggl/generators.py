@@ -1,10 +1,8 @@
-"""Generators behind one interface: latents (and labels) -> images in [-1, 1].
-
-Every attack calls ``generator(z, labels)`` and gets ``(n, 3, image_size, image_size)`` images at
-the federated model's resolution. The wrapped network is in eval mode with frozen parameters:
-gradients flow to ``z`` only, and a call changes none of its buffers (the authors left BigGAN in
-train mode, so its spectral-norm vectors drifted on every call). ``GENERATORS`` maps params'
-``generator.kind`` to a builder; ``package.module:callable`` plugs in a user's own.
+"""Generators behind one interface: latents (and labels) -> images in [-1, 1] at the federated
+model's resolution. The wrapped network is in eval mode with frozen parameters: gradients flow
+to ``z`` only, and a call changes none of its buffers (the authors left BigGAN in train mode, so
+its spectral-norm vectors drifted on every call). ``GENERATORS`` maps params' ``generator.kind``
+to a builder; ``package.module:callable`` plugs in a user's own.
 """
 
 from __future__ import annotations
@@ -122,9 +120,8 @@ class Generator(nn.Module):
 
     def info(self) -> dict[str, Any]:
         """What attack records say about the prior."""
-        return {"latent_dim": self.latent_dim, "image_size": self.image_size,
-                "conditional": self.conditional, "num_classes": self.num_classes,
-                "stand_in": self.stand_in}
+        names = ("latent_dim", "image_size", "conditional", "num_classes", "stand_in")
+        return {name: getattr(self, name) for name in names}
 
 
 GENERATORS: Registry[Callable[..., Generator]] = Registry("generator")

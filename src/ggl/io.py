@@ -1,7 +1,6 @@
-"""Atomic file writes and safe loads.
-
-Every stage writes through these helpers: a file appears at its final path only when it is
-whole, so a killed job never leaves a half-written output that a rerun would trust.
+"""Atomic file writes and safe loads: every stage writes through these helpers, so a file appears
+at its final path only when whole, and a killed job never leaves a half-written output that a
+rerun would trust.
 """
 
 from __future__ import annotations
@@ -29,16 +28,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        umask = os.umask(0)  # reading the umask means setting it: put it back at once
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:

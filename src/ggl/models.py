@@ -1,7 +1,6 @@
-"""Federated models: randomly initialised (seeded), in eval mode, with a linear head ``fc``.
-
-Every model in ``MODELS`` (and every plugin) must end in an ``nn.Linear`` called ``fc``:
-label inference and Soteria read its weight gradient, and MSE-R reads its 512-d input.
+"""Federated models: randomly initialised (seeded), in eval mode, ending in an ``nn.Linear``
+called ``fc`` (every model in ``MODELS`` and every plugin): label inference and Soteria read its
+weight gradient, and MSE-R reads its 512-d input.
 """
 
 from __future__ import annotations

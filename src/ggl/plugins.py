@@ -1,7 +1,6 @@
-"""Lookup tables for the pluggable pieces: datasets, models, defences, generators, attacks.
-
-A user extends any table from params without touching this package: a name of the form
-``package.module:callable`` is imported and used exactly like a built-in entry.
+"""Lookup tables for the pluggable pieces (datasets, models, defences, generators, attacks): a
+user extends any of them from params, as a name of the form ``package.module:callable`` is
+imported and used exactly like a built-in entry.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ Regulariser = Literal["kl", "norm", "none"]  # ggl.attack.objective.REGULARISERS
 Schedule = Literal["none", "warmup-cosine", "step"]  # ggl.attack.optimisers.SCHEDULES
 Design = Literal["lhs", "sobol"]  # ggl.attack.optimisers.DESIGNS
 
-
 _hints = cache(get_type_hints)  # a settings class's field types, resolved once
 
 

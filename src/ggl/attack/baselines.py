@@ -79,8 +79,7 @@ def pixel_attack(learn_label: bool):
             if opt_cfg.clamp:
                 with torch.no_grad():
                     x.clamp_(-1, 1)
-        image = tracker.best_z.clamp(-1, 1).cpu()
-        return Trial(image, tracker.best_loss, tracker.evaluations, tracker.curve,
-                     info={"iterations": iterations})
+        return Trial(tracker.best_z.clamp(-1, 1).cpu(), tracker.best_loss, tracker.evaluations,
+                     tracker.curve, info={"iterations": iterations})
 
     return attack

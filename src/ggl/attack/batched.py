@@ -1,12 +1,11 @@
 """The GGL matching loss for a whole batch of candidates without one backward pass each.
 
-The objective needs, for each candidate image x_i, ``D(y, T-hat(g_i))`` with g_i the model's
+The objective needs ``D(y, T-hat(g_i))`` for each candidate image x_i, with g_i the model's
 batch-1 cross-entropy gradient. In eval mode BatchNorm is a fixed affine map and the candidates
-are independent: ONE forward and ONE backward of the summed loss give, for every layer, each
-candidate's input ``a_i`` and output gradient ``delta_i`` (forward hooks; autograd is asked for
-the layer outputs' gradients only, so no weight gradient is ever summed over the batch). Per
-parameter tensor l the distance needs the squared norm ``N_l = ||g_il||^2`` and the dot product
-``D_l = <g_il, y_l>``:
+are independent: ONE forward and ONE backward of the summed loss give every layer's input
+``a_i`` and output gradient ``delta_i`` per candidate (forward hooks; autograd is asked for the
+layer outputs' gradients only, so no weight gradient is ever summed over the batch). Per
+parameter tensor l the distance needs only ``N_l = ||g_il||^2`` and ``D_l = <g_il, y_l>``:
 
     ||s g - y||^2 = s^2 N - 2 s D + ||y||^2      cosine: 1 - sum D / (sqrt(sum N) ||y||)
 
@@ -17,13 +16,11 @@ with U_i the unfolded input patches (d = C_in k^2 rows, T columns). Per layer ei
 * materialise G_i (the backend's weight-gradient kernel per candidate on the CPU, a batched
   unfold + matmul elsewhere; cheap for a small kernel and a large feature map), or
 * the Gram-matrix ("ghost") norm ``N = sum_{t,t'} (U^T U)_{tt'} (delta^T delta)_{tt'}`` (cost
-  T^2 (d + c): cheap for a small feature map) with ``D = <delta_i, conv(a_i, y_l)>``, one
-  ordinary batched convolution with y_l as its weight.
+  T^2 (d + c): cheap for a small feature map) with ``D = <delta_i, conv(a_i, y_l)>``.
 
-Entry-wise estimates need the entries: those tensors are materialised in chunks, then masked
-with ``ggl.defences``' own primitive or pruned with ``prune_smallest``'s threshold (found by a
-faster exact selection). A column mask on a linear weight (Soteria's) is applied to the layer's
-input instead, with no materialisation.
+Entry-wise estimates materialise their tensors in chunks, masked with ``ggl.defences``' own
+primitive or pruned with ``prune_smallest``'s threshold (found by a faster exact selection); a
+column mask on a linear weight (Soteria's) is applied to the layer's input instead.
 
 Precision: where only (N, D) are known the expansion cancels ||y||^2-sized terms, so it is
 summed in float64; small tensors and materialised ones without clipping give ||g - y||^2
@@ -170,8 +167,7 @@ def _capture(model: nn.Module, layers: Sequence[_Layer], images: torch.Tensor,
 
 # --- per-candidate terms of one parameter tensor ----------------------------------------------
 
-# One tensor's entry-wise ops, in order: the estimate's Prune and MaskColumns ops restricted to
-# that tensor, i.e. ops on a one-tensor gradient.
+# One tensor's entry-wise ops, in order: the estimate's Prune and MaskColumns ops on it alone.
 Struct = list[Prune | MaskColumns]
 Terms = dict[str, torch.Tensor]  # N<k>: ||.||^2 after k entry-wise ops; D, E, G: see _Need
 
@@ -219,8 +215,7 @@ def kth_smallest(a: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _prune(g: torch.Tensor, k: int) -> torch.Tensor:
-    """``defences.prune_smallest`` of one batched tensor, with the faster exact selection:
-    the same threshold, the same ties."""
+    """``defences.prune_smallest`` of one batched tensor, by the faster exact selection."""
     flat = g.flatten(1)
     with torch.no_grad():  # the mask is piecewise constant: no gradient through it
         magnitude = flat.detach().abs()

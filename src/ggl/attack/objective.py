@@ -74,8 +74,6 @@ REGULARISERS: dict[str, Regulariser] = {"kl": kl_scalar, "norm": norm_deviation,
                                         "none": no_regulariser}
 
 
-# --- per-candidate gradients ---------------------------------------------------------------
-
 def trial_gradients(model: nn.Module, images: torch.Tensor, label: int | torch.Tensor,
                     create_graph: bool = False) -> Gradient:
     """The model's batch-1 cross-entropy gradient of each image, stacked: list of (n, ...).
@@ -93,15 +91,12 @@ def trial_gradients(model: nn.Module, images: torch.Tensor, label: int | torch.T
     return [torch.stack(tensors) for tensors in zip(*per_candidate, strict=True)]
 
 
-# --- the objective ---------------------------------------------------------------------
-
 class Objective:
-    """Scores a batch of latents (n, k) -> (n,) losses; differentiable with respect to them.
-
-    ``scorer`` (params'): ``loop`` computes one gradient per candidate; ``batched`` the whole
-    batch at once (``ggl.attack.batched``; an error where it cannot); ``auto`` the batched path
-    where the device's measured policy says it is faster and the model and estimate allow it,
-    checked once against the loop, else the loop."""
+    """Scores a batch of latents (n, k) -> (n,) losses, differentiably. ``scorer`` (params'):
+    ``loop`` computes one gradient per candidate; ``batched`` the whole batch at once
+    (``ggl.attack.batched``; an error where it cannot); ``auto`` the batched path where the
+    device's measured policy says it is faster and the model and estimate allow it, checked once
+    against the loop, else the loop."""
 
     def __init__(self, model: nn.Module, generate: Callable[[torch.Tensor], torch.Tensor],
                  received: Sequence[torch.Tensor], label: int, estimate: Estimate,
@@ -112,8 +107,7 @@ class Objective:
         self.estimate = estimate if cfg.adaptive else Estimate()
         self.distance = DISTANCES[cfg.distance]
         self.regulariser = REGULARISERS[cfg.regulariser]
-        self.scorer = scorer
-        self.policy = policy
+        self.scorer, self.policy = scorer, policy
         self._batched: BatchedScorer | None = None
         self._batched_state = "unset"  # unset | on | off
 

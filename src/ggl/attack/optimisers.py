@@ -131,7 +131,7 @@ def run_adam(objective: Objective, dim: int, budget: int, cfg: AdamConfig, seed:
     return tracker.result(steps=budget)
 
 
-# --- the ask/tell driver -------------------------------------------------------------------
+# --- the ask/tell driver and CMA-ES ---------------------------------------------------------
 
 def run_ask_tell(cls: type[CMAES | Turbo], objective: Objective, dim: int, budget: int,
                  cfg: Any, seed: int, device: torch.device,
@@ -151,15 +151,12 @@ def run_ask_tell(cls: type[CMAES | Turbo], objective: Objective, dim: int, budge
     return tracker.result(**opt.info())
 
 
-# --- CMA-ES --------------------------------------------------------------------------------
-
 class CMAES:
-    """The ``cma`` package's CMA-ES, told exactly once per full generation.
-
-    When fewer than ``popsize`` evaluations remain, ``ask(limit)`` returns the first ``limit``
-    candidates of a fresh generation: scored and counted, but not told (CMA's update needs the
-    ranking of a complete population). ``cma`` draws from numpy's global RNG, so every call into
-    it runs on a private numpy state swapped in and out: neither side disturbs the other."""
+    """The ``cma`` package's CMA-ES, told exactly once per full generation: when fewer than
+    ``popsize`` evaluations remain, ``ask(limit)`` returns the first ``limit`` candidates of a
+    fresh generation, scored and counted but not told (CMA's update needs the ranking of a whole
+    population). ``cma`` draws from numpy's global RNG, so every call into it runs on a private
+    numpy state swapped in and out: neither side disturbs the other."""
 
     def __init__(self, dim: int, cfg: CMAESConfig, seed: int) -> None:
         import cma
@@ -227,15 +224,15 @@ DESIGNS: dict[str, Callable[[int, int, torch.Generator], torch.Tensor]] = {
 class Turbo:
     """TuRBO-1 (Eriksson et al., NeurIPS 2019), written from the paper on BoTorch's API.
 
-    Points live in the unit cube, mapped affinely to the box. After an initial design, each
-    batch fits a GP (Matern-5/2 ARD, constant mean, standardised outcomes, float64 on the CPU)
-    to the current restart's points; the trust region is centred on their best point, its sides
-    ``length`` times the lengthscales over their geometric mean (volume length^d), clipped to
-    the cube; Sobol candidates in it each replace a random subset of the centre's coordinates
-    (probability min(20/d, 1), at least one); Thompson sampling picks the batch. A batch beating
-    the restart's best by more than 1e-3 of its magnitude is a success; ``success_tolerance``
-    successes in a row double the length (up to length_max), ``failure_tolerance`` failures
-    halve it; below ``length_min`` the search restarts from a fresh initial design."""
+    Points live in the unit cube, mapped affinely to the box. After an initial design, each batch
+    fits a GP (Matern-5/2 ARD, constant mean, standardised outcomes, float64 on the CPU) to the
+    current restart's points; the trust region is centred on their best point, its sides
+    ``length`` times the lengthscales over their geometric mean (volume length^d), clipped to the
+    cube; Sobol candidates in it each replace a random subset of the centre's coordinates (with
+    probability min(20/d, 1), at least one); Thompson sampling picks the batch. A batch beating
+    the restart's best by over 1e-3 of its magnitude is a success; ``success_tolerance`` of them
+    in a row double the length (up to length_max), ``failure_tolerance`` failures halve it; below
+    ``length_min`` the search restarts from a fresh initial design."""
 
     def __init__(self, dim: int, cfg: TurboConfig, seed: int) -> None:
         self.dim, self.cfg, self.seed = dim, cfg, seed
