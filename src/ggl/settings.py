@@ -3,7 +3,8 @@
 These dataclasses are the one validator of attack settings (the schema only says they are
 mappings): fields are typed, choices are ``Literal``s, ranges are checked, and ``ggl.config``
 refuses an entry that leaves a field out, so every setting that changes a result is in the
-params file. Defaults are the paper's values, for Python use. No torch: validating is cheap.
+params file. Defaults are the paper's values, for use from Python. No torch here: validating
+params must stay cheap.
 """
 
 from __future__ import annotations
