@@ -3,33 +3,16 @@
 ``pytorch-pretrained-biggan`` ships only the 128x128 default config; the 256 model's config.json
 and weights are separate downloads from the URLs inside the package (``urls()``).
 
-Where the numbers of ``BIGGAN_DEEP_256`` come from
---------------------------------------------------
-* Every value equals ``BigGAN256`` in the package's own converter,
-  ``pytorch_pretrained_biggan/convert_tf_to_pytorch.py`` (the script that turned DeepMind's TF-Hub
-  module into the published files; ``tests/test_generators.py`` checks the equality).
-* The BigGAN paper (Brock et al., ICLR 2019, appendix B, BigGAN-deep at 256x256) agrees: z and
-  the shared class embedding are 128-d (``z_dim``, ``class_embed_dim``), ``ch`` = 128
-  (``channel_width``), a 4x4x16ch start, two blocks per resolution (a plain one, then an
-  up-sampling one) with channel multipliers 16,16 | 16,8 | 8,8 | 8,4 | 4,2 | 2,1 from 4x4 to
-  256x256 (``layers``: up-sample?, in, out), and non-local attention at 64x64, i.e. before the
-  ninth block (``attention_layer_position`` 8). 1000 ImageNet classes.
-* ``eps`` 1e-4 (spectral/batch norm) and ``n_stats`` 51 (truncation values 0, 0.02, ..., 1 with
-  stored BatchNorm statistics) are the package's defaults, the same for all its models.
-The published config.json itself could not be fetched where this was written (no internet);
-``fetch_biggan`` refuses a downloaded config.json that differs from this dict.
+``BIGGAN_DEEP_256`` equals ``BigGAN256`` in the package's own converter
+(``pytorch_pretrained_biggan/convert_tf_to_pytorch.py``; ``tests/test_generators.py`` checks the
+equality) and agrees with the BigGAN paper (Brock et al., ICLR 2019, appendix B); ``eps`` and
+``n_stats`` are the package's defaults. ``fetch_biggan`` refuses a config.json that differs.
 
-Checksums: the situation, honestly
-----------------------------------
-No SHA-256 of these two files is published (neither the package, its repository, nor the S3
-bucket lists one; the Hugging Face hub lists LFS hashes only for mirrors of other models), and
-they could not be downloaded where this was written. So ``EXPECTED_SHA256`` holds ``None`` for
-the weights: a download is then *not* trusted; it is kept beside the destination as
-``<name>.unverified`` and the error prints its SHA-256. Check that hash against a copy you trust
-(e.g. a colleague's, or a second download over another network), then rerun with it
-(``fetch_biggan(dest, sha256={WEIGHTS_FILE: hash})``, CLI ``--sha256 HASH``); the kept file is
-then promoted without downloading again. Commit the hash into ``EXPECTED_SHA256`` once known.
-The config is small and fully checked by content (it must equal ``BIGGAN_DEEP_256``).
+No SHA-256 of the weights is published, so ``EXPECTED_SHA256`` holds ``None``: a download is then
+*not* trusted but kept beside the destination as ``<name>.unverified``, and the error prints its
+SHA-256. Check that hash against a copy you trust, then rerun with it
+(``fetch_biggan(dest, sha256={WEIGHTS_FILE: hash})``, CLI ``--sha256 HASH``): the kept file is
+promoted without a second download. Commit the hash into ``EXPECTED_SHA256`` once known.
 """
 
 from __future__ import annotations
@@ -38,9 +21,11 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +40,7 @@ BIGGAN_DEEP_256: dict[str, Any] = {
     "class_embed_dim": 128,
     "channel_width": 128,
     "num_classes": 1000,
-    "layers": [[False, 16, 16], [True, 16, 16],   # 4 -> 8
+    "layers": [[False, 16, 16], [True, 16, 16],   # (up-sample?, in, out) x ch; 4 -> 8
                [False, 16, 16], [True, 16, 8],    # 8 -> 16
                [False, 8, 8], [True, 8, 8],       # 16 -> 32
                [False, 8, 8], [True, 8, 4],       # 32 -> 64
@@ -69,16 +54,11 @@ BIGGAN_DEEP_256: dict[str, Any] = {
 WEIGHTS_FILE = "biggan-deep-256-pytorch_model.bin"
 CONFIG_FILE = "biggan-deep-256-config.json"
 
-# None = not known here; see the module docstring. Fill in from a verified download.
-EXPECTED_SHA256: dict[str, str | None] = {WEIGHTS_FILE: None, CONFIG_FILE: None}
-
-# Not a checksum: the float32 tensors of the architecture above (58,573,185 values incl. the
-# BatchNorm statistics buffers) take 234,292,740 bytes, so expect a file of about 234 MB.
+EXPECTED_SHA256: dict[str, str | None] = {WEIGHTS_FILE: None, CONFIG_FILE: None}  # None: unknown
+# Not a checksum: 58,573,185 float32 values (with the BatchNorm statistics), about 234 MB.
 APPROX_WEIGHTS_BYTES = 234_292_740
 
 Opener = Callable[[str], Any]  # url -> a context-managed response with .read() and .headers
-
-
 NO_HASH = "no SHA-256 is known for it"
 
 
@@ -118,8 +98,8 @@ def parse_sha256_overrides(values: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def offline_help(dest: Mapping[str, Path], sources: Mapping[str, str] | None = None) -> str:
-    lines = [f"  {url}\n    -> {dest[name]}" for name, url in (sources or urls()).items()]
+def offline_help(dest: Mapping[str, Path]) -> str:
+    lines = [f"  {url}\n    -> {dest[name]}" for name, url in urls().items()]
     return ("Download these files by hand on a machine with internet access and place them as "
             "shown, then rerun (nothing is downloaded when they are present and verify):\n"
             + "\n".join(lines)
@@ -148,20 +128,16 @@ def _problem(name: str, path: Path, expected: str | None, actual: str) -> str | 
 
 def _stream(url: str, tmp: Path, opener: Opener) -> str:
     """Stream ``url`` into ``tmp``; refuse a short read; return the SHA-256."""
-    digest, size = hashlib.sha256(), 0
     with opener(url) as response, open(tmp, "wb") as out:
         length = response.headers.get("Content-Length")
-        for block in iter(lambda: response.read(1 << 20), b""):
-            digest.update(block)
-            out.write(block)
-            size += len(block)
+        shutil.copyfileobj(response, out, 1 << 20)
+    size = tmp.stat().st_size
     if length is not None and size != int(length):
         raise DownloadError(f"{url}: truncated download ({size} of {length} bytes)")
-    return digest.hexdigest()
+    return sha256_of(tmp)
 
 
-def _urlopen(url: str) -> Any:
-    return urllib.request.urlopen(url, timeout=60)
+_urlopen: Opener = partial(urllib.request.urlopen, timeout=60)
 
 
 def _beside(path: Path, suffix: str) -> Path:
@@ -169,14 +145,11 @@ def _beside(path: Path, suffix: str) -> Path:
 
 
 def download(name: str, url: str, dest: Mapping[str, Path], expected: str | None,
-             opener: Opener = _urlopen) -> Path:
-    """Download file ``name`` to ``dest[name]``, reached only when whole and verified.
-
-    A whole download that cannot be verified because no hash is known is kept beside it as
-    ``<final>.unverified`` (never at the final path) so that a rerun with its hash needs no
-    second download."""
-    final = dest[name]
-    kept = _beside(final, ".unverified")
+             opener: Opener = _urlopen) -> None:
+    """Download file ``name`` to ``dest[name]``, reached only when whole and verified. A whole
+    download without a known hash is kept as ``<final>.unverified`` instead, so that a rerun
+    with its hash needs no second download."""
+    final, kept = dest[name], _beside(dest[name], ".unverified")
     try:
         with io.atomic_path(final) as tmp:  # renamed onto `final` only if this block succeeds
             actual = _stream(url, tmp, opener)
@@ -195,24 +168,17 @@ def download(name: str, url: str, dest: Mapping[str, Path], expected: str | None
     except (urllib.error.URLError, OSError) as exc:  # offline, DNS, HTTP errors, disk
         raise DownloadError(f"could not download {url} ({exc}).\n"
                             + offline_help(dest)) from exc
-    return final
 
 
 def fetch_biggan(weights: Path, config: Path, sha256: Mapping[str, str] | None = None, *,
                  sources: Mapping[str, str] | None = None, opener: Opener = _urlopen) -> Path:
-    """Make sure verified BigGAN-deep-256 weights and config are at ``weights`` and ``config``.
-
-    Files already present and verified are not downloaded again; a present file that fails
-    verification is moved aside to ``<path>.rejected`` (never trusted, never deleted).
-    ``sha256`` overrides ``EXPECTED_SHA256`` per file name; ``sources`` overrides the
-    package's URLs (tests, mirrors). Returns the weights path (the ``checkpoint`` of
-    ``load_generator``)."""
+    """Make sure verified BigGAN-deep-256 weights and config are at ``weights`` and ``config``:
+    verified files present are not downloaded again, one that fails verification is moved aside
+    to ``<path>.rejected`` (never trusted, never deleted). ``sha256`` overrides ``EXPECTED_SHA256``
+    per file name, ``sources`` the package's URLs (tests, mirrors). Returns the weights path."""
     dest = {WEIGHTS_FILE: Path(weights), CONFIG_FILE: Path(config)}
-    for path in dest.values():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    sources = dict(sources or urls())
     # The small, content-checked config first: a weights problem then leaves it in place.
-    for name, url in sorted(sources.items(), key=lambda item: item[0] != CONFIG_FILE):
+    for name, url in sorted((sources or urls()).items(), key=lambda item: item[0] != CONFIG_FILE):
         expected = (sha256 or {}).get(name) or EXPECTED_SHA256.get(name)
         final, kept = dest[name], _beside(dest[name], ".unverified")
         if final.exists():

@@ -8,6 +8,7 @@ and the client's truth (true label, private index), which only the metrics stage
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from ggl import io
 from ggl.config import DefenceStep, Params, image_id
 from ggl.defences import ClientContext, Gradient, apply_defence
 from ggl.errors import GglError
-from ggl.models import build_model, fc_weight_index, model_spec
+from ggl.models import build_model, fc_weight_index
 from ggl.runtime import derive_seed, resolve_device
 
 GRADIENT_FORMAT = 1
@@ -31,11 +32,8 @@ def client_gradient(model: nn.Module, image: torch.Tensor, label: torch.Tensor) 
     return [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
 
 
-def defence_record(name: str, steps: tuple[DefenceStep, ...]) -> dict[str, Any]:
-    return {"name": name, "steps": [{"kind": s.kind, **s.settings} for s in steps]}
-
-
 def steps_from_record(record: dict[str, Any]) -> tuple[DefenceStep, ...]:
+    """The defence steps of a received update's ``defence`` record (see ``defended_gradients``)."""
     return tuple(DefenceStep.from_raw(step) for step in record["steps"])
 
 
@@ -45,6 +43,7 @@ def defended_gradients(params: Params, defence: str, images: torch.Tensor, label
     truth). ``images`` and ``labels`` are the private split."""
     device = resolve_device(params.device)
     steps = params.defences[defence]
+    record = {"name": defence, "steps": [{"kind": s.kind, **s.settings} for s in steps]}
     model = build_model(params.model, device)
     fc_index = fc_weight_index(model)
     names = [name for name, _ in model.named_parameters()]
@@ -55,7 +54,7 @@ def defended_gradients(params: Params, defence: str, images: torch.Tensor, label
         ctx = ClientContext(model, image, label, fc_index, torch.Generator().manual_seed(seed))
         received = apply_defence(client_gradient(model, image, label), steps, ctx)
         public = {"format": GRADIENT_FORMAT, "image_id": image_id(index),
-                  "defence": defence_record(defence, steps), "model": model_spec(params.model),
+                  "defence": record, "model": asdict(params.model),
                   "image_size": params.data.image_size, "param_names": names,
                   "fc_index": fc_index, "defence_seed": seed}
         yield (image_id(index), {**public, "gradient": [g.cpu() for g in received]},

@@ -1,7 +1,6 @@
-"""Params: load a params file, validate it against the one schema, expose typed dataclasses.
-
-Validation happens before any compute starts and every message names the offending key and
-what is allowed, e.g. ``defences.noise[0].sigma: -1 is less than the minimum of 0``.
+"""Params: load a params file, validate it against the one schema (before any compute, every
+message naming the offending key and what is allowed, e.g. ``defences.noise[0].sigma: -1 is less
+than the minimum of 0``), and expose typed dataclasses.
 """
 
 from __future__ import annotations
@@ -56,10 +55,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"{key + '.' if key != '<top level>' else ''}{missing}: missing key{where}"
     if error.validator == "additionalProperties":
         return f"{key}: {error.message} (remove it or check its spelling)"
-    if error.validator == "anyOf":
-        return f"{key}: {error.instance!r} is not allowed; allowed are {_allowed(error.schema)}"
-    if error.validator == "enum":
-        allowed = ", ".join(map(str, error.validator_value))
+    if error.validator in ("anyOf", "enum"):
+        allowed = (_allowed(error.schema) if error.validator == "anyOf"
+                   else ", ".join(map(str, error.validator_value)))
         return f"{key}: {error.instance!r} is not allowed; allowed are {allowed}"
     if error.validator == "pattern":
         return (f"{key}: {error.instance!r} is not a valid name "
@@ -75,8 +73,7 @@ def validate(raw: Any, source: str = "params") -> None:
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
     # An if/then failure is reported on its own sub-error; skip the noisy parent.
     messages = [_describe(e) for e in errors if e.validator not in ("if", "allOf")]
-    if not messages:
-        messages = _cross_checks(raw)
+    messages = messages or _cross_checks(raw)  # cross-key rules need a valid shape
     if len(messages) == 1:
         raise ParamsError(f"{source} is invalid: {messages[0]}")
     if messages:
@@ -124,8 +121,7 @@ class DefenceStep:
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any]) -> DefenceStep:
-        settings = {k: v for k, v in raw.items() if k != "kind"}
-        return cls(kind=raw["kind"], settings=settings)
+        return cls(raw["kind"], {k: v for k, v in raw.items() if k != "kind"})
 
 
 # The setting that measures a defence kind's strength (params sweep it, the paper's Fig. 7)
@@ -197,11 +193,7 @@ class Params:
         validate(raw, source)
         data = DataConfig(**raw["data"])
         return cls(
-            experiment=raw["experiment"],
-            device=raw["device"],
-            seed=raw["seed"],
-            threads=raw["threads"],
-            scorer=raw["scorer"],
+            **{key: raw[key] for key in ("experiment", "device", "seed", "threads", "scorer")},
             data=data,
             private_images=tuple(raw["private_images"]),
             model=ModelConfig(**raw["model"], num_classes=data.num_classes),
@@ -227,9 +219,8 @@ class Params:
                 sweeps.setdefault(steps[0].kind, {})[name] = float(
                     steps[0].settings[STRENGTH[steps[0].kind]])
         if "none" in self.defences:
-            for kind in ZERO_IS_NONE:
-                if kind in sweeps:
-                    sweeps[kind]["none"] = 0.0
+            for kind in sweeps.keys() & ZERO_IS_NONE:
+                sweeps[kind]["none"] = 0.0
         return {k: v for k, v in sweeps.items() if len(set(v.values())) >= 3}
 
     def runs(self) -> list[tuple[str, str, str]]:

@@ -1,9 +1,7 @@
-"""Datasets and the public/private split.
-
-The server's public images train the generator; the clients' private images are attacked.
-Each dataset is one entry in ``DATASETS``: a loader that returns a ``Split``. Images are kept
-as uint8 (N, 3, H, W) on disk and become float in [-1, 1] (mean = std = 0.5, as the paper)
-when loaded, so every stage sees the same pixels.
+"""Datasets and the public/private split: the server's public images train the generator, the
+clients' private images are attacked. Each dataset is a loader in ``DATASETS`` that returns a
+``Split``. Images are stored as uint8 (N, 3, H, W) and loaded as float in [-1, 1] (mean = std =
+0.5, as the paper), so every stage sees the same pixels.
 """
 
 from __future__ import annotations
@@ -131,12 +129,8 @@ def load_celeba(cfg: DataConfig) -> Split:
     pub = _subsample(len(parts["train"]), cfg.public_size, cfg.split_seed, "data.public_size")
     priv = _subsample(len(parts["test"]), cfg.private_size, cfg.split_seed + 1,
                       "data.private_size")
-
-    def male(attr: torch.Tensor) -> int:
-        return int(attr[CELEBA_MALE])
-
-    pub_x, pub_y = _stack(parts["train"], pub, male, "CelebA train")
-    priv_x, priv_y = _stack(parts["test"], priv, male, "CelebA test")
+    pub_x, pub_y = _stack(parts["train"], pub, lambda attr: int(attr[CELEBA_MALE]), "CelebA train")
+    priv_x, priv_y = _stack(parts["test"], priv, lambda attr: int(attr[CELEBA_MALE]), "CelebA test")
     source = {"name": "CelebA (torchvision)", "root": cfg.root, "label": "attribute 20 Male",
               "public_from": "train", "private_from": "test", "public_indices": pub.tolist(),
               "private_indices": priv.tolist(),

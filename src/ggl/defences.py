@@ -1,12 +1,11 @@
 """Defences a client applies to its gradient, and the attacker's estimates of them.
 
 A gradient is a list of tensors, one per model parameter. The primitives work on *batched*
-gradients (each tensor has a leading candidate dimension n), so the attacker applies its
-estimate T-hat to a whole batch of trial gradients at once; the client calls them with n = 1.
-
-``DEFENCES`` maps a step's ``kind`` to the client's defence; ``ESTIMATES`` maps it to the
-attacker's estimate, which reads only the received gradient (and structural settings such as
-``per_layer``), never the defence's secret settings.
+gradients (a leading candidate dimension n), so the attacker applies its estimate T-hat to a
+whole batch of trial gradients at once; the client calls them with n = 1. ``DEFENCES`` maps a
+step's ``kind`` to the client's defence, ``ESTIMATES`` to the attacker's estimate, which reads
+only the received gradient (and structural settings such as ``per_layer``), never the
+defence's secret settings.
 """
 
 from __future__ import annotations
@@ -43,8 +42,7 @@ def _per_candidate(scale: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def clip_factor(norm: torch.Tensor, bound: float | torch.Tensor) -> torch.Tensor:
-    """What clipping to ``bound`` multiplies a gradient of this norm by (also the batched
-    scorer's, so the arithmetic exists once)."""
+    """What clipping to ``bound`` multiplies a gradient of this norm by (batched scorer's too)."""
     return torch.clamp(bound / (norm + CLIP_EPS), max=1.0)
 
 
@@ -54,13 +52,9 @@ def clip_global(grads: Sequence[torch.Tensor], bound: float | torch.Tensor) -> G
 
 
 def clip_per_layer(grads: Sequence[torch.Tensor],
-                   bounds: float | Sequence[float | torch.Tensor]) -> Gradient:
-    if not isinstance(bounds, Sequence):
-        bounds = [bounds] * len(grads)
-    out = []
-    for g, norm, bound in zip(grads, layer_norms(grads), bounds, strict=True):
-        out.append(g * _per_candidate(clip_factor(norm, bound), g))
-    return out
+                   bounds: Sequence[float | torch.Tensor]) -> Gradient:
+    return [g * _per_candidate(clip_factor(norm, bound), g)
+            for g, norm, bound in zip(grads, layer_norms(grads), bounds, strict=True)]
 
 
 def prune_smallest(grads: Sequence[torch.Tensor], counts: Sequence[int]) -> Gradient:
@@ -82,21 +76,11 @@ def fraction_count(rate: float, size: int) -> int:
     return min(size, math.ceil(rate / 100 * size - 1e-9))
 
 
-def sparsify(grads: Sequence[torch.Tensor], rate: float) -> Gradient:
-    """Per tensor: zero (at least) ``rate`` % of the entries, those of smallest magnitude."""
-    return prune_smallest(grads, [fraction_count(rate, g[0].numel()) for g in grads])
-
-
 def mask_fc_columns(grads: Sequence[torch.Tensor], mask: torch.Tensor, fc_index: int) -> Gradient:
     """Multiply the fc weight gradient (n, classes, features) column-wise by ``mask``."""
     out = list(grads)
     out[fc_index] = grads[fc_index] * mask.to(grads[fc_index].dtype).view(1, 1, -1)
     return out
-
-
-def add_noise(grads: Sequence[torch.Tensor], sigma: float, generator: torch.Generator) -> Gradient:
-    """i.i.d. N(0, sigma^2) on every tensor; drawn on the CPU so every device gets the same."""
-    return [g + sigma * torch.randn(g.shape, generator=generator).to(g) for g in grads]
 
 
 # --- the client's defences -------------------------------------------------------------
@@ -112,24 +96,25 @@ class ClientContext:
     generator: torch.Generator  # the defence's own seeded RNG
 
 
-DefenceFn = Callable[..., Gradient]
-DEFENCES: Registry[DefenceFn] = Registry("defence")
+DEFENCES: Registry[Callable[..., Gradient]] = Registry("defence")
 
 
 @DEFENCES.register("noise")
 def noise_defence(grads: Gradient, ctx: ClientContext, sigma: float) -> Gradient:
-    return add_noise(grads, sigma, ctx.generator)
+    """i.i.d. N(0, sigma^2) on every tensor; drawn on the CPU so every device gets the same."""
+    return [g + sigma * torch.randn(g.shape, generator=ctx.generator).to(g) for g in grads]
 
 
 @DEFENCES.register("clipping")
 def clipping_defence(grads: Gradient, ctx: ClientContext, bound: float,
                      per_layer: bool) -> Gradient:
-    return clip_per_layer(grads, bound) if per_layer else clip_global(grads, bound)
+    return clip_per_layer(grads, [bound] * len(grads)) if per_layer else clip_global(grads, bound)
 
 
 @DEFENCES.register("sparsification")
 def sparsification_defence(grads: Gradient, ctx: ClientContext, rate: float) -> Gradient:
-    return sparsify(grads, rate)
+    """Per tensor: zero (at least) ``rate`` % of the entries, those of smallest magnitude."""
+    return prune_smallest(grads, [fraction_count(rate, g[0].numel()) for g in grads])
 
 
 def soteria_scores(model: nn.Module, image: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
@@ -170,9 +155,8 @@ def apply_defence(grads: Gradient, steps: Sequence[DefenceStep], ctx: ClientCont
 
 # --- the attacker's estimates (T-hat) ----------------------------------------------------
 
-# The estimate is data: a sequence of ops, each one of the primitives above. ``apply`` on each op
-# is the reference (one candidate at a time or batched); ggl.attack.batched reads the same ops
-# to apply them to per-candidate norms and dot products without materialising every gradient.
+# The estimate is data: ops, each one of the primitives above, whose ``apply`` is the reference;
+# ggl.attack.batched applies the same ops to per-candidate norms and dot products instead.
 
 @dataclass(frozen=True)
 class ClipGlobal:
@@ -224,22 +208,18 @@ class Estimate:
         return grads
 
 
-EstimateFn = Callable[..., Estimate]
-ESTIMATES: Registry[EstimateFn] = Registry("defence estimate")
-
-
-def _received(grads: Sequence[torch.Tensor]) -> Gradient:
-    return [g.unsqueeze(0) for g in grads]
+ESTIMATES: Registry[Callable[..., Estimate]] = Registry("defence estimate")
 
 
 @ESTIMATES.register("clipping")
 def estimate_clipping(received: Gradient, fc_index: int, per_layer: bool = False,
                       **_secret: Any) -> Estimate:
     """S-hat is the received gradient's norm (global, or per layer for layer-wise clipping)."""
+    batched = [g.unsqueeze(0) for g in received]
     if per_layer:
-        bounds = tuple(n[0] for n in layer_norms(_received(received)))
+        bounds = tuple(n[0] for n in layer_norms(batched))
         return Estimate((ClipPerLayer(bounds),), {"bounds": [float(b) for b in bounds]})
-    bound = global_norm(_received(received))[0]
+    bound = global_norm(batched)[0]
     return Estimate((ClipGlobal(bound),), {"bound": float(bound)})
 
 

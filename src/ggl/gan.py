@@ -1,22 +1,17 @@
 """WGAN-GP training of the 32x32 generator on the public split, and its quality check.
 
-The authors never released their generator, so the pipeline trains it. ``train_gan`` only ever
-receives the public images. It is resumable: everything it needs (networks, optimisers, EMA,
-loss rows, counters) is saved atomically at the end of every epoch, and every epoch draws its
-randomness from its own seed, so a killed run resumed from its last epoch ends with the same
+The authors never released their generator, so the pipeline trains it, on the public images
+only. Training is resumable: its whole state is saved atomically after every epoch and every
+epoch draws from its own seed, so a killed run resumed from its last epoch ends with the same
 weights as an uninterrupted one (on the CPU; CUDA kernels may differ in the last bits).
-
-Two recipes (every value is a params field, ``GanTrainConfig`` has no defaults):
-``PAPER_RECIPE`` is the paper's, ``CPU_RECIPE`` the default engineered for about 2.5 minutes on
-2 CPU cores (see ``CPU_RECIPE``'s comment for what it changes and why).
+``PAPER_RECIPE`` is the paper's recipe, ``CPU_RECIPE`` the default's (about 2.5 minutes on 2 CPU
+cores); every value is a params field, so ``GanTrainConfig`` has no defaults.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
-import io as textio
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -51,30 +46,26 @@ class GanTrainConfig:
     gp_every: int                # penalise every k-th critic step, weight x k ("lazy"); paper 1
     drift_weight: float          # epsilon * E[D(real)^2] keeps critic outputs near 0; paper 0
     ema: float                   # EMA decay of the generator's weights; 0 = off (paper)
-    lr_decay: bool               # both lrs linearly to 0 over training (WGAN-GP's CIFAR-10
-                                 # recipe); paper: off
+    lr_decay: bool               # both lrs linearly to 0 (WGAN-GP's CIFAR-10 recipe); paper: off
     bn_recalibration: int        # batches of 256 latents to re-estimate BN statistics; 0 = off
     latent_dim: int
     width: int                   # generator 8w/4w/2w channels, critic 2w/4w/8w; paper 64
-    num_classes: int             # > 0: class-conditional networks trained on the public labels
-                                 # (params generator.conditional); paper: 0
+    num_classes: int             # > 0: class-conditional, on the public labels; paper: 0
     seed: int
 
     def __post_init__(self) -> None:  # params' schema checks the values (generator.train)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))  # YAML lists
 
 
-# The paper: 100 epochs, batch 64, Adam lr 1e-4 betas (0.5, 0.999), 5 critic steps per
-# generator step, gradient penalty 10, width 64 (512/256/128 channels), no EMA.
+# The paper's recipe (width 64: 512/256/128 channels).
 PAPER_RECIPE = GanTrainConfig(
     epochs=100, batch_size=64, lr=1e-4, generator_lr=1e-4, betas=(0.5, 0.999), critic_steps=5,
     gp_weight=10.0, gp_every=1, drift_weight=0.0, ema=0.0, lr_decay=False, bn_recalibration=0,
     latent_dim=128, width=64, num_classes=0, seed=0)
 
-# Engineered for 2 CPU cores (measurements in the report): same architecture family and loss
-# (WGAN-GP), narrower, one critic step per generator step, Adam betas (0, 0.9) of the WGAN-GP
-# paper, higher learning rates, an EMA of the generator's weights with recalibrated BatchNorm
-# statistics. Filled in from the measurements below.
+# Engineered for 2 CPU cores (README): the same networks and loss, narrower, one critic step
+# per generator step, the WGAN-GP paper's Adam betas (0, 0.9), higher learning rates, an EMA of
+# the generator's weights with recalibrated BatchNorm statistics.
 CPU_RECIPE = GanTrainConfig(
     epochs=60, batch_size=64, lr=5e-4, generator_lr=5e-4, betas=(0.0, 0.9), critic_steps=1,
     gp_weight=10.0, gp_every=1, drift_weight=1e-3, ema=0.99, lr_decay=False, bn_recalibration=8,
@@ -117,8 +108,7 @@ class _State:
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.generator_lr, betas=cfg.betas)
         self.opt_c = torch.optim.Adam(self.c.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.rows: list[list[float]] = []
-        self.epoch = 0
-        self.critic_iters = 0
+        self.epoch = self.critic_iters = 0
 
     def state_dict(self, cfg: GanTrainConfig, fingerprint: str) -> dict[str, Any]:
         return {"config": asdict(cfg), "data": fingerprint, "epoch": self.epoch,
@@ -158,10 +148,9 @@ def _epoch(s: _State, images: torch.Tensor, labels: torch.Tensor | None, cfg: Ga
                for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size)] or [order]
     s.g.train()
     pending: list[list[float]] = []  # critic metrics since the last generator step
-    total = len(batches) * cfg.epochs
     for idx in batches:
         if cfg.lr_decay:  # from the step count alone, so a resumed run decays identically
-            factor = 1 - s.critic_iters / total
+            factor = 1 - s.critic_iters / (len(batches) * cfg.epochs)
             for opt, lr in ((s.opt_c, cfg.lr), (s.opt_g, cfg.generator_lr)):
                 for group in opt.param_groups:
                     group["lr"] = lr * factor
@@ -252,12 +241,8 @@ class TrainedGan:
         return dcgan_checkpoint(self.net, self.image_size, train=asdict(self.cfg))
 
     def losses_csv(self) -> str:
-        out = textio.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(LOSS_COLUMNS)
-        writer.writerows([int(r[0]), int(r[1]), *(f"{v:.6g}" for v in r[2:])]
-                         for r in self.rows)
-        return out.getvalue()
+        return io.csv_text(LOSS_COLUMNS, ([int(r[0]), int(r[1]), *(f"{v:.6g}" for v in r[2:])]
+                                          for r in self.rows))
 
     def losses_figure(self) -> Any:
         import matplotlib
@@ -277,8 +262,7 @@ class TrainedGan:
         return fig
 
     def samples(self) -> torch.Tensor:
-        """Seeded samples for a grid; conditional with up to 16 classes: k x k, column j of
-        class j."""
+        """Seeded samples for a grid; conditional, up to 16 classes: k x k, column j of class j."""
         cfg = self.cfg
         generator = Generator(copy.deepcopy(self.net), cfg.latent_dim, self.image_size,
                               conditional=bool(cfg.num_classes), num_classes=cfg.num_classes)
@@ -294,13 +278,10 @@ def train_gan(public_images: torch.Tensor, cfg: GanTrainConfig, resume_path: str
               device: torch.device | str, log: Any = None,
               on_epoch_end: Callable[[int], None] | None = None,
               public_labels: torch.Tensor | None = None) -> TrainedGan:
-    """Train on the public images (N, 3, H, W) in [-1, 1]. A conditional recipe
-    (``cfg.num_classes`` > 0) also needs ``public_labels`` (N,).
-
-    Everything needed to resume is written to ``resume_path`` after every epoch; a rerun after
-    a kill resumes from the last finished epoch when the settings and the images are the same
-    (the caller removes the file once the outputs are safe). ``on_epoch_end(epoch)`` runs after
-    each epoch's checkpoint is saved."""
+    """Train on the public images (N, 3, H, W) in [-1, 1] (and ``public_labels`` (N,) when
+    ``cfg.num_classes`` > 0). The state is written to ``resume_path`` after every epoch; a rerun
+    after a kill resumes from it when the settings and images are the same (the caller removes
+    it once the outputs are safe). ``on_epoch_end(epoch)`` runs after each save."""
     resume_path, device = Path(resume_path), torch.device(device)
     labels = None
     if cfg.num_classes:
@@ -351,20 +332,13 @@ def _smooth(values: list[float], k: int) -> list[float]:
 
 # --- quality check -------------------------------------------------------------------------
 
-
-class _Classifier(nn.Module):
+def _classifier(num_classes: int) -> nn.Module:
     """A small CNN judge for 32x32 images (about 99 % on digits after a few seconds)."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-            nn.Linear(256, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.Linear(256, num_classes))
 
 
 def _probabilities(clf: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -378,17 +352,16 @@ def quality_check(generator: Generator, public_images: torch.Tensor,
                   device: torch.device | str = "cpu",
                   seed: int = 0, n_samples: int = 2000, *, num_classes: int | None = None,
                   classifier_epochs: int = 15) -> dict[str, Any]:
-    """How recognisable the generator's samples are, judged by a classifier of the public split.
-
+    """How recognisable the generator's samples are, judged by a classifier of the public split:
     ``sample_confidence`` (mean top-class probability on ``n_samples`` samples) near
-    ``real_confidence`` (the same on the private images) means samples as recognisable as
-    real images; ``classes_covered`` below the number of classes shows mode collapse."""
+    ``real_confidence`` (the same on the private images) means as recognisable as real images;
+    ``classes_covered`` below the number of classes shows mode collapse."""
     device = torch.device(device)
     num_classes = int(num_classes or int(public_labels.max()) + 1)
     gen = torch.Generator().manual_seed(derive_seed(seed, "quality-check"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "quality-classifier"))
-        clf = _Classifier(num_classes).to(device)
+        clf = _classifier(num_classes).to(device)
     x, y = public_images.to(device), public_labels.to(device)
     batches = -(-len(x) // 64)
     opt = torch.optim.Adam(clf.parameters(), lr=2e-3)
@@ -415,7 +388,7 @@ def quality_check(generator: Generator, public_images: torch.Tensor,
     predicted = p_samples.argmax(1)
     sample_conf = float(p_samples.max(1).values.mean())
     real_conf = float(p_real.max(1).values.mean())
-    quality: dict[str, Any] = {
+    return {
         "sample_confidence": sample_conf,
         "real_confidence": real_conf,
         "confidence_ratio": sample_conf / real_conf,
@@ -434,4 +407,3 @@ def quality_check(generator: Generator, public_images: torch.Tensor,
         "convention": "confidence = mean over images of the classifier's top softmax "
                       "probability; the classifier is a small CNN trained on the public split",
     }
-    return quality

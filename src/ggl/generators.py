@@ -1,10 +1,8 @@
-"""Generators behind one interface: latents (and labels) -> images in [-1, 1].
-
-Every attack calls ``generator(z, labels)`` and gets ``(n, 3, image_size, image_size)`` images at
-the federated model's resolution. The wrapped network is in eval mode with frozen parameters:
-gradients flow to ``z`` only, and a call changes none of its buffers (the authors left BigGAN in
-train mode, so its spectral-norm vectors drifted on every call). ``GENERATORS`` maps params'
-``generator.kind`` to a builder; ``package.module:callable`` plugs in a user's own.
+"""Generators behind one interface: latents (and labels) -> images in [-1, 1] at the federated
+model's resolution. The wrapped network is in eval mode with frozen parameters: gradients flow
+to ``z`` only, and a call changes none of its buffers (the authors left BigGAN in train mode, so
+its spectral-norm vectors drifted on every call). ``GENERATORS`` maps params' ``generator.kind``
+to a builder; ``package.module:callable`` plugs in a user's own.
 """
 
 from __future__ import annotations
@@ -25,14 +23,10 @@ from ggl.plugins import Registry
 
 # --- the paper's 32x32 WGAN-GP networks -----------------------------------------------------
 
-
 class DCGANGenerator(nn.Module):
-    """The paper's 32x32 generator, channels scaled by ``width`` (paper: width 64).
-
-    Linear(k -> 8w*4*4), BN1d, ReLU; ConvT(8w->4w, k2 s2), BN, ReLU; ConvT(4w->2w, k2 s2), BN,
-    ReLU; ConvT(2w->3, k2 s2), tanh. Width 64 gives the paper's 512/256/128 channels.
-    ``num_classes`` > 0 makes it class-conditional (not in the paper): the label's one-hot is
-    appended to z before the linear layer."""
+    """The paper's 32x32 generator, channels scaled by ``width`` (the paper's 64: 512/256/128
+    channels). ``num_classes`` > 0 makes it class-conditional (not in the paper): the label's
+    one-hot is appended to z before the linear layer."""
 
     def __init__(self, latent_dim: int = 128, width: int = 64, num_classes: int = 0) -> None:
         super().__init__()
@@ -55,12 +49,10 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANCritic(nn.Module):
-    """The paper's WGAN-GP critic, no normalisation (the gradient penalty is per sample).
-
-    Conv(3->2w, k3 s2 p1), LeakyReLU; Conv(2w->4w); Conv(4w->8w); Linear(8w*4*4 -> 1).
-    Width 64 gives the paper's 128/256/512 channels and Linear(8192 -> 1). ``num_classes`` > 0
-    adds a projection term <embed(label), features> (Miyato & Koyama's projection critic), the
-    conditional counterpart of the generator's one-hot input."""
+    """The paper's WGAN-GP critic, no normalisation (the gradient penalty is per sample); width
+    64 gives its 128/256/512 channels. ``num_classes`` > 0 adds a projection term
+    <embed(label), features> (Miyato & Koyama's projection critic), the conditional counterpart
+    of the generator's one-hot input."""
 
     def __init__(self, width: int = 64, slope: float = 0.2, num_classes: int = 0) -> None:
         super().__init__()
@@ -82,13 +74,11 @@ class DCGANCritic(nn.Module):
 
 # --- the interface ----------------------------------------------------------------------------
 
-
 class Generator(nn.Module):
-    """``generator(z (n, latent_dim), labels (n,) or None) -> (n, 3, image_size, image_size)``.
-
-    Always in eval mode with ``requires_grad_(False)`` parameters. ``stand_in`` is None for real
-    (trained or downloaded) weights and otherwise says what the random-weight stand-in is, so no
-    result made with one can pass for the real thing."""
+    """``generator(z (n, latent_dim), labels (n,) or None) -> (n, 3, image_size, image_size)``,
+    always in eval mode with frozen parameters. ``stand_in`` is None for real (trained or
+    downloaded) weights, else what the random-weight stand-in is, so no result made with one
+    can pass for the real thing."""
 
     def __init__(self, net: nn.Module, latent_dim: int, image_size: int, *,
                  conditional: bool = False, num_classes: int = 0,
@@ -130,22 +120,19 @@ class Generator(nn.Module):
 
     def info(self) -> dict[str, Any]:
         """What attack records say about the prior."""
-        return {"latent_dim": self.latent_dim, "image_size": self.image_size,
-                "conditional": self.conditional, "num_classes": self.num_classes,
-                "stand_in": self.stand_in}
+        names = ("latent_dim", "image_size", "conditional", "num_classes", "stand_in")
+        return {name: getattr(self, name) for name in names}
 
 
-Builder = Callable[..., Generator]
-GENERATORS: Registry[Builder] = Registry("generator")
+GENERATORS: Registry[Callable[..., Generator]] = Registry("generator")
 
 
 def load_generator(kind: str, checkpoint: str | Path | None, device: torch.device | str,
                    **options: Any) -> Generator:
-    """Build the generator of ``kind`` (a registered name or ``package.module:callable``).
-
-    ``checkpoint`` None gives a seeded random-weight stand-in (``stand_in`` says so). Options
-    are the builder's keyword arguments (image_size, latent_dim, width, num_classes, seed, ...);
-    the CLI passes the same set to every kind, so builders ignore the ones they do not use."""
+    """Build the generator of ``kind`` (a registered name or ``package.module:callable``);
+    ``checkpoint`` None gives a seeded random-weight stand-in (``stand_in`` says so). Options are
+    the builder's keyword arguments; the CLI passes the same set (image_size, latent_dim, width,
+    num_classes, seed, ...) to every kind, so builders ignore the ones they do not use."""
     built = GENERATORS.get(kind)(checkpoint=checkpoint, **options)
     if not isinstance(built, Generator):
         # A plugin may return a bare module z -> images; wrap it so it obeys the interface.
@@ -180,8 +167,6 @@ def build_dcgan(checkpoint: str | Path | None, image_size: int = 32, latent_dim:
     """The 32x32 WGAN-GP generator; ``checkpoint`` is the ``generator.pt`` of ``train_gan``.
     ``conditional`` takes the label (``num_classes`` of them) as a second input."""
     classes = num_classes if conditional else 0
-    if conditional and num_classes < 1:
-        raise ValueError("generator.conditional needs data.num_classes >= 1")
     if checkpoint is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the same stand-in every time
@@ -204,7 +189,6 @@ def build_dcgan(checkpoint: str | Path | None, image_size: int = 32, latent_dim:
 
 # --- BigGAN-deep-256 ----------------------------------------------------------------------------
 
-
 class _BigGANNet(nn.Module):
     """Adapts BigGAN's ``(z, one-hot, truncation)`` call to ``(z, one-hot)``."""
 
@@ -217,13 +201,11 @@ class _BigGANNet(nn.Module):
 
 
 def _sane_biggan_init(biggan: nn.Module, truncation: float, seed: int) -> None:
-    """Make a random-weight BigGAN produce finite, varied images.
-
-    Two faults of the package's random init: the final unconditional BatchNorm's weight and bias
-    are ``torch.Tensor(n)``, i.e. uninitialised memory (garbage, sometimes NaN), and every
-    BatchNorm normalises with stored statistics (mean 0, var 1) that random weights do not have,
-    so activations grow block after block until they overflow. Fix the first with ones/zeros and
-    the second by storing each BatchNorm's actual statistics, measured on one seeded batch."""
+    """Make a random-weight BigGAN produce finite, varied images. The package's random init
+    leaves the final unconditional BatchNorm's weight and bias uninitialised (``torch.Tensor(n)``,
+    sometimes NaN: set to ones and zeros here), and the stored statistics (mean 0, var 1) do not
+    fit random weights, so activations overflow block after block: each BatchNorm gets its
+    actual statistics instead, measured on one seeded batch."""
     from pytorch_pretrained_biggan.model import BigGANBatchNorm
 
     norms = [m for m in biggan.modules() if isinstance(m, BigGANBatchNorm)]
@@ -255,12 +237,10 @@ def _sane_biggan_init(biggan: nn.Module, truncation: float, seed: int) -> None:
 @GENERATORS.register("biggan-deep-256")
 def build_biggan(checkpoint: str | Path | None, image_size: int = 224, truncation: float = 1.0,
                  seed: int = 0, stand_in_width: int = 4, **_: Any) -> Generator:
-    """BigGAN-deep-256 (1000 classes, z in R^128), area-resized to ``image_size``.
-
-    ``checkpoint``: the verified ``biggan-deep-256-pytorch_model.bin`` of ``ggl.biggan``; its
-    architecture is ``ggl.biggan.BIGGAN_DEEP_256``. Without it: a random-weight stand-in of that
-    architecture narrowed to ``stand_in_width`` channels per unit (the real model: 128), with a
-    sane initialisation; for tests and timing only."""
+    """BigGAN-deep-256 (1000 classes, z in R^128), area-resized to ``image_size``; ``checkpoint``
+    is the verified ``biggan-deep-256-pytorch_model.bin`` of ``ggl.biggan``. Without it: a
+    random-weight stand-in of ``ggl.biggan.BIGGAN_DEEP_256`` narrowed to ``stand_in_width``
+    channels per unit (the real model: 128), sanely initialised; for tests and timing only."""
     from pytorch_pretrained_biggan import BigGAN, BigGANConfig
 
     from ggl.biggan import BIGGAN_DEEP_256
@@ -286,8 +266,7 @@ def build_biggan(checkpoint: str | Path | None, image_size: int = 224, truncatio
         if not path.is_file():
             raise GglError(f"{path} is missing: run `ggl fetch-biggan` (or see "
                                     "ggl.biggan.fetch_biggan for a manual download)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        result = biggan.load_state_dict(state, strict=False)
+        result = biggan.load_state_dict(io.load_torch(path), strict=False)
         if result.missing_keys:
             raise GglError(f"{path} lacks {len(result.missing_keys)} BigGAN-deep-256 tensors "
                              f"(e.g. {result.missing_keys[:3]}): not the expected weights")

@@ -1,15 +1,16 @@
-"""Atomic file writes and safe loads.
-
-Every stage writes through these helpers: a file appears at its final path only when it is
-whole, so a killed job never leaves a half-written output that a rerun would trust.
+"""Atomic file writes and safe loads: every stage writes through these helpers, so a file appears
+at its final path only when whole, and a killed job never leaves a half-written output that a
+rerun would trust.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        umask = os.umask(0)  # reading the umask means setting it: put it back at once
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
@@ -51,6 +48,15 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A CSV table as text: the header row, then ``rows``."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 def read_json(path: str | os.PathLike) -> Any:

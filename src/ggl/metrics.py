@@ -1,8 +1,7 @@
 """Reconstruction quality: MSE-I, PSNR (two conventions), SSIM, LPIPS, MSE-R.
 
 ``CONVENTIONS`` states each column's convention; the metrics stage writes it beside the table.
-Without the ImageNet VGG16 weights the LPIPS column is ``lpips_vgg_stand_in`` (random
-backbone), never ``lpips_vgg``.
+Without the ImageNet VGG16 weights the LPIPS column is ``lpips_vgg_stand_in`` (random backbone).
 """
 
 from __future__ import annotations
@@ -45,9 +44,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     def to01(t: torch.Tensor):
         return ((t.detach().cpu().float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
-    x, y = to01(a), to01(b)
-    return [float(structural_similarity(x[i], y[i], channel_axis=2, data_range=1.0))
-            for i in range(len(x))]
+    return [float(structural_similarity(x, y, channel_axis=2, data_range=1.0))
+            for x, y in zip(to01(a), to01(b), strict=True)]
 
 
 def mse_representation(model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> list[float]:
@@ -93,8 +91,8 @@ class Lpips:
             warnings.simplefilter("ignore")  # torchvision's 'pretrained' deprecation
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # the stand-in's random backbone is the same every run
-                self.net = lpips.LPIPS(net="vgg", pnet_rand=self.stand_in, verbose=False)
-        self.net = self.net.to(device).eval()
+                net = lpips.LPIPS(net="vgg", pnet_rand=self.stand_in, verbose=False)
+        self.net = net.to(device).eval()
         self.column = "lpips_vgg_stand_in" if self.stand_in else "lpips_vgg"
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> list[float]:

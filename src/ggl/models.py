@@ -1,7 +1,6 @@
-"""Federated models: randomly initialised (seeded), in eval mode, with a linear head ``fc``.
-
-Every model in ``MODELS`` (and every plugin) must end in an ``nn.Linear`` called ``fc``:
-label inference and Soteria read its weight gradient, and MSE-R reads its 512-d input.
+"""Federated models: randomly initialised (seeded), in eval mode, ending in an ``nn.Linear``
+called ``fc`` (every model in ``MODELS`` and every plugin): label inference and Soteria read its
+weight gradient, and MSE-R reads its 512-d input.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ MODELS: Registry = Registry("model")
 
 
 class BasicBlock(nn.Module):
-    expansion = 1
-
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
@@ -35,6 +32,7 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+@MODELS.register("resnet18-cifar")
 class CifarResNet18(nn.Module):
     """CIFAR-style ResNet-18: 3x3 stride-1 stem, no max-pool, stages of width w, 2w, 4w, 8w."""
 
@@ -55,11 +53,6 @@ class CifarResNet18(nn.Module):
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
-
-
-@MODELS.register("resnet18-cifar")
-def resnet18_cifar(num_classes: int, width: int) -> nn.Module:
-    return CifarResNet18(num_classes, width)
 
 
 @MODELS.register("resnet18-imagenet")
@@ -101,8 +94,3 @@ def penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     finally:
         handle.remove()
     return captured[0]
-
-
-def model_spec(cfg: ModelConfig) -> dict[str, object]:
-    return {"arch": cfg.arch, "width": cfg.width, "seed": cfg.seed,
-            "num_classes": cfg.num_classes}

@@ -1,7 +1,6 @@
-"""Lookup tables for the pluggable pieces: datasets, models, defences, generators, attacks.
-
-A user extends any table from params without touching this package: a name of the form
-``package.module:callable`` is imported and used exactly like a built-in entry.
+"""Lookup tables for the pluggable pieces (datasets, models, defences, generators, attacks): a
+user extends any of them from params, as a name of the form ``package.module:callable`` is
+imported and used exactly like a built-in entry.
 """
 
 from __future__ import annotations
@@ -15,10 +14,6 @@ from ggl.errors import GglError
 T = TypeVar("T", bound=Callable)
 
 PLUGIN_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-
-
-def is_plugin(name: str) -> bool:
-    return ":" in name
 
 
 def import_callable(spec: str) -> Callable:
@@ -59,9 +54,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name in self._entries:
             return self._entries[name]
-        if is_plugin(name):
+        if ":" in name:  # package.module:callable
             return import_callable(name)  # type: ignore[return-value]
-        allowed = ", ".join(self.names())
-        raise GglError(
-            f"unknown {self.kind} {name!r}: allowed are {allowed}, or 'package.module:callable'"
-        )
+        raise GglError(f"unknown {self.kind} {name!r}: allowed are {', '.join(self.names())}, "
+                       "or 'package.module:callable'")

@@ -1,10 +1,10 @@
 """What params' ``attacks.<name>`` may hold: each method's objective and optimiser settings.
 
 These dataclasses are the one validator of attack settings (the schema only says they are
-mappings): every field is typed, choices are ``Literal``s, ranges are checked in
-``__post_init__``, and ``ggl.config`` refuses a params entry that leaves a field out, so every
-setting that changes a result is written in the params file. Defaults are the paper's values,
-for use from Python. No torch here: validating params must stay cheap.
+mappings): fields are typed, choices are ``Literal``s, ranges are checked, and ``ggl.config``
+refuses an entry that leaves a field out, so every setting that changes a result is in the
+params file. Defaults are the paper's values, for use from Python. No torch here: validating
+params must stay cheap.
 """
 
 from __future__ import annotations
@@ -18,40 +18,31 @@ Regulariser = Literal["kl", "norm", "none"]  # ggl.attack.objective.REGULARISERS
 Schedule = Literal["none", "warmup-cosine", "step"]  # ggl.attack.optimisers.SCHEDULES
 Design = Literal["lhs", "sobol"]  # ggl.attack.optimisers.DESIGNS
 
-
-@cache
-def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-def _check_types(obj: Any) -> None:
-    """Each field holds its annotated type (an int is accepted for a float and stored as one;
-    a bool is no number) and a Literal field one of its values; else ValueError 'field: ...'."""
-    for f in fields(obj):
-        hint, value = _hints(type(obj))[f.name], getattr(obj, f.name)
-        if get_origin(hint) is Literal:
-            if value not in get_args(hint):
-                raise ValueError(f"{f.name}: {value!r} is not allowed; allowed are "
-                                 f"{', '.join(get_args(hint))}")
-            continue
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if hint is float and number:
-            object.__setattr__(obj, f.name, float(value))
-            continue
-        valid = {bool: isinstance(value, bool), int: number and isinstance(value, int),
-                 float: False}
-        if not valid.get(hint, True):
-            raise ValueError(f"{f.name}: expected {hint.__name__}, got {value!r}")
+_hints = cache(get_type_hints)  # a settings class's field types, resolved once
 
 
 class _Settings:
-    """Checks types on construction (``_check_types``) and the lower bounds in ``LIMITS``:
-    field -> (">" or ">=", bound)."""
+    """Checks on construction that each field holds its annotated type (an int is accepted for a
+    float and stored as one; a bool is no number), a Literal field one of its values, and the
+    lower bounds in ``LIMITS`` (field -> (">" or ">=", bound)); else ValueError 'field: ...'."""
 
     LIMITS: ClassVar[dict[str, tuple[str, float]]] = {}
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        for f in fields(self):
+            hint, value = _hints(type(self))[f.name], getattr(self, f.name)
+            if get_origin(hint) is Literal:
+                if value not in get_args(hint):
+                    raise ValueError(f"{f.name}: {value!r} is not allowed; allowed are "
+                                     f"{', '.join(get_args(hint))}")
+                continue
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            valid = {bool: isinstance(value, bool), int: number and isinstance(value, int),
+                     float: number}
+            if not valid.get(hint, True):
+                raise ValueError(f"{f.name}: expected {hint.__name__}, got {value!r}")
+            if hint is float:
+                object.__setattr__(self, f.name, float(value))
         for name, (op, low) in self.LIMITS.items():
             value = getattr(self, name)
             if not (value > low if op == ">" else value >= low):

@@ -1,7 +1,6 @@
-"""The attacker's side: objective, label inference, optimisers, baselines.
-
-``ATTACKS`` maps params' ``method`` to an attack function; the built-in methods are
-registered here, a ``package.module:callable`` plugs in a user's own.
+"""The attacker's side: objective, label inference, optimisers, baselines. ``ATTACKS`` maps
+params' ``method`` to an attack function: the built-in methods are registered here, a
+``package.module:callable`` plugs in a user's own.
 """
 
 from ggl.attack.baselines import LEARNS_LABEL, pixel_attack

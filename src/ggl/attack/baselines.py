@@ -1,7 +1,6 @@
 """The paper's pixel-space baselines: DLG, iDLG, Inverting Gradients (IG) and GradInversion
-(GI, without BatchNorm statistics). Each optimises a dummy image directly, and is one more
-entry of the attack table sharing the distances, the defence estimate, label inference and
-the trials of the GGL attacks.
+(GI, without BatchNorm statistics). Each optimises a dummy image directly and shares the GGL
+attacks' distances, defence estimate, label inference and trials.
 
 | method | label | distance | image prior | optimiser |
 |---|---|---|---|---|
@@ -10,9 +9,8 @@ the trials of the GGL attacks.
 | ig | inferred | cosine | total variation | Adam, signed gradients, step decay |
 | gi | inferred | squared l2 | total variation + l2 | Adam |
 
-Budgets count objective evaluations (one dummy image's gradient matched once). Every method
-here makes one evaluation per iteration (L-BFGS runs without line search, as DLG), so the
-budget is also the number of iterations.
+Budgets count objective evaluations; every method makes one per iteration (L-BFGS runs without
+line search, as DLG), so the budget is also the number of iterations.
 """
 
 from __future__ import annotations
@@ -49,19 +47,15 @@ def pixel_attack(learn_label: bool):
         distance = DISTANCES[obj.distance]
         tracker = Tracker()
 
-        def loss_of(image: torch.Tensor) -> torch.Tensor:
-            label = label_logits.softmax(1) if learn_label else attacker.label
-            grads = trial_gradients(attacker.model, image, label, create_graph=True)
-            loss = distance(estimate.apply(grads), attacker.received)
-            if obj.tv_weight:
-                loss = loss + obj.tv_weight * total_variation(image)
-            if obj.l2_weight:
-                loss = loss + obj.l2_weight * image.pow(2).flatten(1).mean(1)
-            return loss
-
         def closure() -> torch.Tensor:
             optimiser.zero_grad()
-            loss = loss_of(x)
+            label = label_logits.softmax(1) if learn_label else attacker.label
+            grads = trial_gradients(attacker.model, x, label, create_graph=True)
+            loss = distance(estimate.apply(grads), attacker.received)
+            if obj.tv_weight:
+                loss = loss + obj.tv_weight * total_variation(x)
+            if obj.l2_weight:
+                loss = loss + obj.l2_weight * x.pow(2).flatten(1).mean(1)
             tracker.record(x.detach(), loss.detach())
             loss.sum().backward()
             if opt_cfg.signed:
@@ -85,8 +79,7 @@ def pixel_attack(learn_label: bool):
             if opt_cfg.clamp:
                 with torch.no_grad():
                     x.clamp_(-1, 1)
-        image = tracker.best_z.clamp(-1, 1).cpu()
-        return Trial(image, tracker.best_loss, tracker.evaluations, tracker.curve,
-                     info={"iterations": iterations})
+        return Trial(tracker.best_z.clamp(-1, 1).cpu(), tracker.best_loss, tracker.evaluations,
+                     tracker.curve, info={"iterations": iterations})
 
     return attack

@@ -1,12 +1,11 @@
 """The GGL matching loss for a whole batch of candidates without one backward pass each.
 
-The objective needs, for each candidate image x_i, ``D(y, T-hat(g_i))`` where g_i is the
-model's batch-1 cross-entropy gradient. The model is in eval mode, so BatchNorm is a fixed
-affine map and the candidates are independent: ONE forward and ONE backward of the summed loss
-give, for every layer, each candidate's input ``a_i`` and output gradient ``delta_i`` (forward
-hooks; autograd asked for the gradients of the layer outputs only, so no weight gradient is
-ever summed over the batch). What the distance needs of g_i is, per parameter tensor l, the
-squared norm ``N_l = ||g_il||^2`` and the dot product ``D_l = <g_il, y_l>``:
+The objective needs ``D(y, T-hat(g_i))`` for each candidate image x_i, with g_i the model's
+batch-1 cross-entropy gradient. In eval mode BatchNorm is a fixed affine map and the candidates
+are independent: ONE forward and ONE backward of the summed loss give every layer's input
+``a_i`` and output gradient ``delta_i`` per candidate (forward hooks; autograd is asked for the
+layer outputs' gradients only, so no weight gradient is ever summed over the batch). Per
+parameter tensor l the distance needs only ``N_l = ||g_il||^2`` and ``D_l = <g_il, y_l>``:
 
     ||s g - y||^2 = s^2 N - 2 s D + ||y||^2      cosine: 1 - sum D / (sqrt(sum N) ||y||)
 
@@ -14,29 +13,24 @@ for any positive per-candidate, per-tensor scale s, which is all that clipping d
 linear weight gradient is ``G_i = sum_t delta_i[:, t] U_i[:, t]^T`` over output positions t,
 with U_i the unfolded input patches (d = C_in k^2 rows, T columns). Per layer either
 
-* materialise G_i (the backend's weight-gradient kernel one candidate at a time on the CPU,
-  a batched unfold + matmul elsewhere; cheap when the kernel is small and the feature map
-  large; c*d memory per candidate, bounded by chunking), or
-* the Gram-matrix ("ghost") norm ``N = sum_{t,t'} (U^T U)_{tt'} (delta^T delta)_{tt'}``
-  (cost T^2 (d + c): cheap when the feature map is small) with the dot product
-  ``D = <delta_i, conv(a_i, y_l)>``: one ordinary batched convolution with y_l as its weight.
+* materialise G_i (the backend's weight-gradient kernel per candidate on the CPU, a batched
+  unfold + matmul elsewhere; cheap for a small kernel and a large feature map), or
+* the Gram-matrix ("ghost") norm ``N = sum_{t,t'} (U^T U)_{tt'} (delta^T delta)_{tt'}`` (cost
+  T^2 (d + c): cheap for a small feature map) with ``D = <delta_i, conv(a_i, y_l)>``.
 
-Entry-wise estimates (sparsification's per-tensor top-k, a mask on the fc weight) need the
-entries: those tensors are materialised in chunks, masked with ``ggl.defences``' own primitive
-or pruned with the same threshold as ``prune_smallest`` (found by a faster exact selection),
-then reduced. A column mask on a linear weight is applied to the layer's input instead, so
-Soteria's estimate needs no materialisation.
+Entry-wise estimates materialise their tensors in chunks, masked with ``ggl.defences``' own
+primitive or pruned with ``prune_smallest``'s threshold (found by a faster exact selection); a
+column mask on a linear weight (Soteria's) is applied to the layer's input instead.
 
 Precision: where only (N, D) are known the expansion cancels ||y||^2-sized terms, so it is
-summed in float64, and small tensors (biases, BatchNorm, a small fc) as well as materialised
-ones without clipping give ||g - y||^2 directly, as the loop does. What remains is float32
-round-off in N and D of the large Gram-norm layers: ~1e-7 of their ||y_l||^2.
+summed in float64; small tensors and materialised ones without clipping give ||g - y||^2
+directly, as the loop does. What remains is float32 round-off in N and D of the large
+Gram-norm layers: ~1e-7 of their ||y_l||^2.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,14 +61,14 @@ class NotFaster(Unsupported):
 
 @dataclass(frozen=True)
 class Policy:
-    """When and how the batched path runs; ``default_policy`` holds measured defaults."""
+    """When and how the batched path runs; the defaults are measured (see ``default_policy``)."""
 
     chunk_bytes: int  # activation memory of one forward/backward chunk of candidates
     work_elems: int  # scratch of one layer's per-candidate tensors (patches, materialised G)
-    ghost_ratio: float  # Gram norm when T^2 (d + c) < ghost_ratio * d * c
-    keep_elems: int  # tensors up to this size are kept per candidate: the loss as the loop's
-    with_grad: bool  # also for differentiable calls (Adam's double backprop)
-    prune: bool  # also for sparsification's estimate (every tensor materialised)
+    ghost_ratio: float = 100.0  # Gram norm when T^2 (d + c) < ghost_ratio * d * c
+    keep_elems: int = 1 << 16  # tensors up to this size are kept per candidate: the loop's loss
+    with_grad: bool = False  # also for differentiable calls (Adam's double backprop)
+    prune: bool = True  # also for sparsification's estimate (every tensor materialised)
     conv_kernel: bool = True  # materialise conv weight grads with the backend's kernel per
     # candidate (CPU: ~2x unfold + bmm); False: one batched unfold + bmm (fewer launches)
 
@@ -83,10 +77,8 @@ def default_policy(device: torch.device | str) -> Policy:
     """Defaults measured with benchmarks/objective.py; benchmarks/README.md ("Why the default
     policy") says what each value rests on. CUDA's is unmeasured."""
     if torch.device(device).type == "cuda":
-        return Policy(chunk_bytes=4 << 30, work_elems=64 << 20, ghost_ratio=100.0,
-                      keep_elems=1 << 16, with_grad=False, prune=True, conv_kernel=False)
-    return Policy(chunk_bytes=512 << 20, work_elems=1 << 20, ghost_ratio=100.0,
-                  keep_elems=1 << 16, with_grad=False, prune=True)
+        return Policy(chunk_bytes=4 << 30, work_elems=64 << 20, conv_kernel=False)
+    return Policy(chunk_bytes=512 << 20, work_elems=1 << 20)
 
 
 # --- the model's layers ----------------------------------------------------------------------
@@ -97,9 +89,6 @@ class _Layer:
     kind: str  # conv | linear | bn
     weight: int | None  # index of its weight / bias in model.parameters(), if any
     bias: int | None
-
-
-BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def plan_layers(model: nn.Module) -> list[_Layer]:
@@ -119,7 +108,7 @@ def plan_layers(model: nn.Module) -> list[_Layer]:
             kind = "conv"
         elif isinstance(module, nn.Linear):
             kind = "linear"
-        elif isinstance(module, BN_TYPES):
+        elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d):
             if module.running_mean is None:
                 raise Unsupported(f"{name}: BatchNorm without running statistics")
             kind = "bn"
@@ -157,16 +146,14 @@ def _capture(model: nn.Module, layers: Sequence[_Layer], images: torch.Tensor,
     handles = [layer.module.register_forward_hook(hook) for layer in layers]
     try:
         with torch.enable_grad():
-            logits = model(images)
             # The summed loss: each candidate's output gradient is its own batch-1 gradient.
-            loss = F.cross_entropy(logits, target, reduction="sum")
+            loss = F.cross_entropy(model(images), target, reduction="sum")
             layer_list = [layer.module for layer in layers]
             missing = [m for m in layer_list if m not in records]
             if missing:
                 raise Unsupported(f"{type(missing[0]).__name__} is not called in forward")
-            outputs = [records[m][1] for m in layer_list]
-            deltas = torch.autograd.grad(loss, outputs, create_graph=create_graph,
-                                         allow_unused=True)
+            deltas = torch.autograd.grad(loss, [records[m][1] for m in layer_list],
+                                         create_graph=create_graph, allow_unused=True)
     finally:
         for handle in handles:
             handle.remove()
@@ -180,19 +167,17 @@ def _capture(model: nn.Module, layers: Sequence[_Layer], images: torch.Tensor,
 
 # --- per-candidate terms of one parameter tensor ----------------------------------------------
 
-# One tensor's entry-wise ops, in order: the estimate's Prune and MaskColumns ops restricted to
-# that tensor, i.e. ops on a one-tensor gradient.
+# One tensor's entry-wise ops, in order: the estimate's Prune and MaskColumns ops on it alone.
 Struct = list[Prune | MaskColumns]
 Terms = dict[str, torch.Tensor]  # N<k>: ||.||^2 after k entry-wise ops; D, E, G: see _Need
 
 
 @dataclass
 class _Need:
-    """What the distance needs of one tensor, per candidate, after its entry-wise ops:
-    ``keep``: the tensor G itself (small tensors; the loss is then computed directly, as the
-    loop does, free of cancellation); ``dist``: E = ||g - y||^2 only (no clipping, l2);
-    ``nd``: the squared norm N and the dot D = <g, y>. ``prefixes``: the numbers of entry-wise
-    ops after which a clip reads the norm."""
+    """What the distance needs of one tensor after its entry-wise ops, per candidate: ``keep``
+    the tensor G itself (small tensors: the loss directly, as the loop, free of cancellation),
+    ``dist`` only E = ||g - y||^2 (no clipping, l2), ``nd`` the squared norm N and the dot
+    D = <g, y>. ``prefixes``: the numbers of entry-wise ops after which a clip reads the norm."""
 
     struct: Struct
     prefixes: set[int]
@@ -200,11 +185,10 @@ class _Need:
 
 
 def kth_smallest(a: torch.Tensor, k: int) -> torch.Tensor:
-    """``a.kthvalue(k, dim=1).values`` for a (rows, m), exactly, but faster for large m: a
-    seeded random sample's quantiles bracket the k-th value with a wide margin (6 standard
-    deviations of the sample rank), one pass counts what lies below the bracket, and only the
-    few entries inside it (a few %) go through a selection. A row whose bracket misses
-    (possible in principle, not seen) gets the full ``kthvalue``."""
+    """``a.kthvalue(k, dim=1).values`` for a (rows, m), exactly, but faster for large m: a seeded
+    random sample's quantiles bracket the k-th value with a wide margin (6 standard deviations of
+    the sample rank) and only the few entries inside the bracket go through a selection; a row
+    whose bracket misses (possible in principle, not seen) gets the full ``kthvalue``."""
     rows, m = a.shape
     sample = min(1 << 14, m // 16)
     if sample < 1 << 12:
@@ -231,18 +215,12 @@ def kth_smallest(a: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _prune(g: torch.Tensor, k: int) -> torch.Tensor:
-    """``defences.prune_smallest`` of one batched tensor, with the faster exact selection:
-    the same threshold, the same ties."""
+    """``defences.prune_smallest`` of one batched tensor, by the faster exact selection."""
     flat = g.flatten(1)
     with torch.no_grad():  # the mask is piecewise constant: no gradient through it
         magnitude = flat.detach().abs()
         keep = magnitude > kth_smallest(magnitude, min(k, flat.shape[1]))[:, None]
     return (flat * keep).view_as(g)
-
-
-def _apply_struct(g: torch.Tensor, op: Prune | MaskColumns) -> torch.Tensor:
-    """``op.apply([g])[0]``, pruning with the faster exact selection (the same result)."""
-    return _prune(g, op.counts[0]) if isinstance(op, Prune) else op.apply([g])[0]
 
 
 def _sq(g: torch.Tensor) -> torch.Tensor:
@@ -251,10 +229,9 @@ def _sq(g: torch.Tensor) -> torch.Tensor:
 
 def _reduce(g: torch.Tensor, y: torch.Tensor, need: _Need) -> Terms:
     """The terms of materialised per-candidate gradients g (c, *y.shape)."""
-    out: Terms = {}
-    for k in range(len(need.struct) + 1):
-        if k:
-            g = _apply_struct(g, need.struct[k - 1])
+    out: Terms = {"N0": _sq(g)} if 0 in need.prefixes else {}
+    for k, op in enumerate(need.struct, 1):  # Prune with the faster exact selection
+        g = _prune(g, op.counts[0]) if isinstance(op, Prune) else op.apply([g])[0]
         if k in need.prefixes:
             out[f"N{k}"] = _sq(g)
     if need.mode == "keep":
@@ -279,13 +256,10 @@ def _cat(parts: list[Terms]) -> Terms:
 def _weight_terms(layer: _Layer, a: torch.Tensor, delta: torch.Tensor, y: torch.Tensor,
                   need: _Need, policy: Policy) -> Terms:
     """The terms of a conv or linear weight gradient, per candidate."""
-    m = layer.module
-    n = len(a)
+    m, n = layer.module, len(a)
     if layer.kind == "conv":
-        kernel = m.kernel_size
-
         def patches(s: slice) -> tuple[torch.Tensor, torch.Tensor]:
-            return (F.unfold(a[s], kernel, m.dilation, m.padding, m.stride),  # (c, d, T)
+            return (F.unfold(a[s], m.kernel_size, m.dilation, m.padding, m.stride),  # (c, d, T)
                     delta[s].flatten(2))  # (c, out, T)
         d, T = y[0].numel(), delta[0, 0].numel()
     else:
@@ -377,9 +351,6 @@ class BatchedScorer:
         count = len(self.received)
         if any(isinstance(op, Prune) for op in self.ops) and not policy.prune:
             raise NotFaster("sparsification's estimate: the loop is faster here")
-        for op in self.ops:
-            if isinstance(op, MaskColumns) and not 0 <= op.index < count:
-                raise Unsupported(f"mask on tensor {op.index} of {count}")
         # Per tensor: its entry-wise ops, and the prefixes of them whose norm a clip reads.
         structs: list[Struct] = [[] for _ in range(count)]
         prefixes: list[set[int]] = [set() for _ in range(count)]
@@ -392,6 +363,8 @@ class BatchedScorer:
                     if k > 0:
                         structs[i].append(Prune((k,)))
             elif isinstance(op, MaskColumns):
+                if not 0 <= op.index < count:
+                    raise Unsupported(f"mask on tensor {op.index} of {count}")
                 structs[op.index].append(MaskColumns(op.mask, 0))
             else:
                 raise Unsupported(f"estimate op {op!r}")
@@ -451,8 +424,7 @@ class BatchedScorer:
                 factor = clip_factor(total, op.bound)
                 scale = [factor if s is None else s * factor for s in scale]
             elif isinstance(op, ClipPerLayer):
-                bounds = op.bounds if isinstance(op.bounds, Sequence) else [op.bounds] * count
-                factors = [clip_factor(torch.sqrt(norm_sq(i)), b) for i, b in enumerate(bounds)]
+                factors = [clip_factor(torch.sqrt(norm_sq(i)), b) for i, b in enumerate(op.bounds)]
                 scale = [f if s is None else s * f for s, f in zip(scale, factors, strict=True)]
             elif isinstance(op, Prune):
                 k = [ki + (c > 0) for ki, c in zip(k, op.counts, strict=True)]
@@ -482,20 +454,13 @@ class BatchedScorer:
 
 
 def verify(scorer: BatchedScorer, images: torch.Tensor, target: torch.Tensor,
-           loop_grads: Sequence[torch.Tensor], rtol: float = 1e-3) -> str | None:
+           loop_grads: Sequence[torch.Tensor], rtol: float = 1e-3) -> None:
     """Compare the batched raw (N, D) of a few candidates with the loop's gradients: catches a
-    model that uses a parameter outside its layer (the hooks would miss it). None when they
-    agree, else what differs."""
+    model that uses a parameter outside its layer (the hooks would miss it)."""
     raw = [_Need([], {0}, "nd") for _ in scorer.received]
     terms = scorer.terms(images, target, create_graph=False, needs=raw)
     for i, (t, g, y) in enumerate(zip(terms, loop_grads, scorer.received, strict=True)):
         ref_n, ref_d = _sq(g), g.flatten(1) @ y.flatten()
         tol = rtol * (float(ref_n.max()) + float(y.pow(2).sum())) + 1e-30
         if ((t["N0"] - ref_n).abs().max() > tol or (t["D"] - ref_d).abs().max() > tol):
-            return f"parameter tensor {i}: the hooks' norms/dots differ from the loop's"
-    return None
-
-
-def warn_fallback(reason: str) -> None:
-    warnings.warn(f"batched objective off, scoring one candidate at a time: {reason}",
-                  stacklevel=3)
+            raise Unsupported(f"parameter tensor {i}: the hooks' norms/dots differ from the loop's")

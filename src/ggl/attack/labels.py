@@ -1,8 +1,6 @@
-"""Analytical label inference (batch size 1, linear head, cross-entropy).
-
-The fc weight gradient is (softmax - onehot) r^T with non-negative features r, so the true
-class's row is the only one with negative entries; as the authors, take the row with the most
-negative sum.
+"""Analytical label inference (batch size 1, linear head, cross-entropy): the fc weight gradient
+is (softmax - onehot) r^T with non-negative features r, so only the true class's row has
+negative entries; as the authors, take the row with the most negative sum.
 """
 
 from __future__ import annotations

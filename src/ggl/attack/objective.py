@@ -1,28 +1,20 @@
 """The GGL objective: D(y, T-hat(F(G(z)))) + lambda R(z), scored for a batch of latents.
 
-``F`` is the federated model's cross-entropy gradient at batch size 1 for the inferred label,
-``T-hat`` the attacker's estimate of the defence (``ggl.defences.estimate_defence``), ``D`` a
-gradient distance and ``R`` a latent regulariser. Distances and regularisers are lookup tables:
-a new one is one more entry.
+``F`` is the federated model's batch-1 cross-entropy gradient for the inferred label, ``T-hat``
+the attacker's estimate of the defence (``ggl.defences.estimate_defence``), ``D`` a gradient
+distance and ``R`` a latent regulariser; both are lookup tables, a new one is one more entry.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
 from torch import nn
 
-from ggl.attack.batched import (
-    BatchedScorer,
-    NotFaster,
-    Policy,
-    Unsupported,
-    default_policy,
-    verify,
-    warn_fallback,
-)
+from ggl.attack.batched import BatchedScorer, NotFaster, Policy, Unsupported, default_policy, verify
 from ggl.defences import Estimate, Gradient
 from ggl.settings import ObjectiveConfig
 
@@ -49,8 +41,7 @@ def l2_sum(trial: Sequence[torch.Tensor], received: Sequence[torch.Tensor]) -> t
 
 def cosine(trial: Sequence[torch.Tensor], received: Sequence[torch.Tensor]) -> torch.Tensor:
     """D2: 1 - <y, g> / (||y|| ||g||) over all parameters."""
-    dot = sum((t * r.unsqueeze(0)).flatten(1).sum(1) for t, r in zip(trial, received,
-                                                                       strict=True))
+    dot = sum((t * r).flatten(1).sum(1) for t, r in zip(trial, received, strict=True))
     trial_norm = torch.sqrt(sum(t.flatten(1).pow(2).sum(1) for t in trial))
     received_norm = torch.sqrt(sum(r.pow(2).sum() for r in received))
     return 1 - dot / (trial_norm * received_norm + 1e-12)
@@ -83,14 +74,11 @@ REGULARISERS: dict[str, Regulariser] = {"kl": kl_scalar, "norm": norm_deviation,
                                         "none": no_regulariser}
 
 
-# --- per-candidate gradients ---------------------------------------------------------------
-
 def trial_gradients(model: nn.Module, images: torch.Tensor, label: int | torch.Tensor,
                     create_graph: bool = False) -> Gradient:
     """The model's batch-1 cross-entropy gradient of each image, stacked: list of (n, ...).
-
-    ``label`` is a class index, or (n, classes) soft-label probabilities (DLG learns them).
-    One backward pass per candidate (eval-mode BatchNorm makes the candidates independent);
+    ``label`` is a class index or (n, classes) soft-label probabilities (DLG learns them). One
+    backward pass per candidate (eval-mode BatchNorm makes the candidates independent);
     ``create_graph`` keeps the graph for double backpropagation."""
     params = [p for p in model.parameters()]
     if isinstance(label, int):
@@ -103,15 +91,12 @@ def trial_gradients(model: nn.Module, images: torch.Tensor, label: int | torch.T
     return [torch.stack(tensors) for tensors in zip(*per_candidate, strict=True)]
 
 
-# --- the objective ---------------------------------------------------------------------
-
 class Objective:
-    """Scores a batch of latents (n, k) -> (n,) losses; differentiable with respect to them.
-
-    ``scorer`` (params' ``scorer``): ``loop`` computes one gradient
-    per candidate; ``batched`` the whole batch at once (``ggl.attack.batched``; an error where
-    it cannot); ``auto`` the batched path where the device's measured policy says it is faster
-    and the model and estimate allow it, checked once against the loop, else the loop."""
+    """Scores a batch of latents (n, k) -> (n,) losses, differentiably. ``scorer`` (params'):
+    ``loop`` computes one gradient per candidate; ``batched`` the whole batch at once
+    (``ggl.attack.batched``; an error where it cannot); ``auto`` the batched path where the
+    device's measured policy says it is faster and the model and estimate allow it, checked once
+    against the loop, else the loop."""
 
     def __init__(self, model: nn.Module, generate: Callable[[torch.Tensor], torch.Tensor],
                  received: Sequence[torch.Tensor], label: int, estimate: Estimate,
@@ -122,8 +107,7 @@ class Objective:
         self.estimate = estimate if cfg.adaptive else Estimate()
         self.distance = DISTANCES[cfg.distance]
         self.regulariser = REGULARISERS[cfg.regulariser]
-        self.scorer = scorer
-        self.policy = policy
+        self.scorer, self.policy = scorer, policy
         self._batched: BatchedScorer | None = None
         self._batched_state = "unset"  # unset | on | off
 
@@ -142,15 +126,14 @@ class Objective:
                 scorer = BatchedScorer(self.model, self.received, self.estimate.ops,
                                        self.cfg.distance, self.active_policy(images.device))
                 probe = images[:1].detach()
-                problem = verify(scorer, probe, self.targets(probe),
-                                 trial_gradients(self.model, probe, self.label))
-                if problem:
-                    raise Unsupported(problem)
+                verify(scorer, probe, self.targets(probe),
+                       trial_gradients(self.model, probe, self.label))
             except Unsupported as err:
                 if self.scorer == "batched":
                     raise
                 if not isinstance(err, NotFaster):
-                    warn_fallback(str(err))
+                    warnings.warn(f"batched objective off, scoring one candidate at a time: {err}",
+                                  stacklevel=2)
                 return None
             self._batched, self._batched_state = scorer, "on"
         return self._batched
@@ -181,5 +164,4 @@ class Objective:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         z = self.latent(x)
-        images = self.generate(z)
-        return self.matching(images) + self.cfg.reg_weight * self.regulariser(z)
+        return self.matching(self.generate(z)) + self.cfg.reg_weight * self.regulariser(z)

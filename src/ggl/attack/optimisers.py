@@ -4,14 +4,10 @@ An objective maps a batch of latents (n, d) to (n,) losses (differentiably, for 
 evaluation = one latent scored, whatever the optimiser: this fixes the authors' mixed budget
 units (Adam updates, BO points, CMA-ES rounds that silently dropped most candidates).
 
-``minimise(method, ...)`` looks the method up in ``OPTIMISERS``. The gradient-free methods are
-ask/tell objects like the ``cma`` package's: ``ask(limit)`` proposes at most ``limit`` latents,
-the driver scores them in ONE objective call, ``tell`` takes the losses. The driver, not the
-optimiser, keeps the best point ever evaluated, the evaluation count and the loss curve.
-
-Seeding: every random stream (initial latents, cma's sampler, Latin-hypercube/Sobol designs,
-the candidate masks, BoTorch's posterior sampling) is derived from ``seed``; none reads or
-leaves a mark on the caller's global torch or numpy RNG state.
+The gradient-free methods are ask/tell objects: ``ask(limit)`` proposes at most ``limit``
+latents, ``run_ask_tell`` scores them in ONE objective call and keeps the best point, the
+evaluation count and the loss curve, ``tell`` takes the losses. Every random stream is derived
+from ``seed``; none reads or leaves a mark on the caller's global torch or numpy RNG state.
 """
 
 from __future__ import annotations
@@ -21,7 +17,8 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +28,6 @@ from ggl.settings import OPTIMISER_CONFIGS, AdamConfig, CMAESConfig, TurboConfig
 
 Objective = Callable[[torch.Tensor], torch.Tensor]  # (n, d) latents -> (n,) losses
 Progress = Callable[[int, float], None]  # (evaluations so far, best loss so far)
-CPU = torch.device("cpu")
 
 
 def finite(losses: torch.Tensor) -> torch.Tensor:
@@ -89,10 +85,6 @@ class Tracker:
 
 # --- Adam --------------------------------------------------------------------------------
 
-def _constant(step: int, steps: int) -> float:
-    return 1.0
-
-
 def _warmup_cosine(step: int, steps: int) -> float:
     """The ImageNet script's: linear warm-up over the first 5 % of the steps, cosine
     ramp-down over the last 25 % (so the first step has learning rate 0, as theirs)."""
@@ -107,7 +99,7 @@ def _multistep(step: int, steps: int) -> float:
 
 
 SCHEDULES: dict[str, Callable[[int, int], float]] = {
-    "none": _constant, "warmup-cosine": _warmup_cosine, "step": _multistep}
+    "none": lambda step, steps: 1.0, "warmup-cosine": _warmup_cosine, "step": _multistep}
 
 
 def lr_factor(schedule: str, step: int, steps: int) -> float:
@@ -139,16 +131,13 @@ def run_adam(objective: Objective, dim: int, budget: int, cfg: AdamConfig, seed:
     return tracker.result(steps=budget)
 
 
-# --- the ask/tell driver -------------------------------------------------------------------
+# --- the ask/tell driver and CMA-ES ---------------------------------------------------------
 
-class AskTell(Protocol):
-    def ask(self, limit: int | None = None) -> torch.Tensor: ...
-    def tell(self, z: torch.Tensor, losses: torch.Tensor) -> None: ...
-
-
-def run_ask_tell(opt: AskTell, objective: Objective, budget: int, device: torch.device,
-                 progress: Progress | None = None) -> Tracker:
-    """Score each proposal in one objective call until exactly ``budget`` evaluations."""
+def run_ask_tell(cls: type[CMAES | Turbo], objective: Objective, dim: int, budget: int,
+                 cfg: Any, seed: int, device: torch.device,
+                 progress: Progress | None = None) -> OptimiseResult:
+    """Score ``cls(dim, cfg, seed)``'s proposals, one objective call each, to ``budget``."""
+    opt = cls(dim, cfg, seed)
     tracker = Tracker(progress)
     while tracker.evaluations < budget:
         z = opt.ask(budget - tracker.evaluations).to(device, torch.float32)
@@ -159,22 +148,15 @@ def run_ask_tell(opt: AskTell, objective: Objective, budget: int, device: torch.
             losses = objective(z)
         tracker.record(z, losses)
         opt.tell(z, losses.detach().double().cpu())
-    return tracker
+    return tracker.result(**opt.info())
 
-
-# --- CMA-ES --------------------------------------------------------------------------------
 
 class CMAES:
-    """The ``cma`` package's CMA-ES, told exactly once per full generation.
-
-    A whole generation is one objective call. When fewer than ``popsize`` evaluations remain,
-    ``ask(limit)`` returns the first ``limit`` candidates of a fresh generation: they are
-    scored and count (they may hold the best point), but the truncated generation is NOT told,
-    since CMA's update needs the ranking of a complete population.
-
-    ``cma`` draws from numpy's global RNG (it seeds it from its ``seed`` option): every call
-    into it runs on a private numpy state swapped in and out, so neither the caller nor the
-    objective can disturb its stream, nor it theirs."""
+    """The ``cma`` package's CMA-ES, told exactly once per full generation: when fewer than
+    ``popsize`` evaluations remain, ``ask(limit)`` returns the first ``limit`` candidates of a
+    fresh generation, scored and counted but not told (CMA's update needs the ranking of a whole
+    population). ``cma`` draws from numpy's global RNG, so every call into it runs on a private
+    numpy state swapped in and out: neither side disturbs the other."""
 
     def __init__(self, dim: int, cfg: CMAESConfig, seed: int) -> None:
         import cma
@@ -203,8 +185,7 @@ class CMAES:
     def ask(self, limit: int | None = None) -> torch.Tensor:
         with self._numpy_rng():
             self._asked = self.es.ask()
-        k = self.popsize if limit is None else min(limit, self.popsize)
-        return torch.tensor(np.stack(self._asked[:k]), dtype=torch.float32)
+        return torch.tensor(np.stack(self._asked[:limit]), dtype=torch.float32)
 
     def tell(self, z: torch.Tensor, losses: torch.Tensor) -> None:
         if self._asked is None:
@@ -217,12 +198,8 @@ class CMAES:
             self.generations += 1
         self._asked = None
 
-
-def run_cmaes(objective: Objective, dim: int, budget: int, cfg: CMAESConfig, seed: int,
-              device: torch.device, progress: Progress | None = None) -> OptimiseResult:
-    opt = CMAES(dim, cfg, seed)
-    tracker = run_ask_tell(opt, objective, budget, device, progress)
-    return tracker.result(generations=opt.generations, untold_evaluations=opt.untold)
+    def info(self) -> dict[str, int]:
+        return {"generations": self.generations, "untold_evaluations": self.untold}
 
 
 # --- TuRBO-1 on BoTorch ----------------------------------------------------------------------
@@ -247,24 +224,21 @@ DESIGNS: dict[str, Callable[[int, int, torch.Generator], torch.Tensor]] = {
 class Turbo:
     """TuRBO-1 (Eriksson et al., NeurIPS 2019), written from the paper on BoTorch's API.
 
-    Points live in the unit cube, mapped affinely to the box. After an initial design, each
-    batch: fit a GP (Matern-5/2 ARD, constant mean, standardised outcomes, float64 on the CPU)
-    to the points of the current restart; centre the trust region on their best point, its
-    sides ``length`` times the lengthscales divided by their geometric mean (so its volume
-    is length^d) and clipped to the cube; draw Sobol candidates in it, each replacing a random
-    subset of the centre's coordinates (probability min(20/d, 1), at least one); Thompson
-    sampling picks the batch (one posterior sample per point, without replacement). A batch
-    improving the restart's best by more than 1e-3 of its magnitude is a success;
-    ``success_tolerance`` successes in a row double the length (up to length_max),
-    ``failure_tolerance`` failures in a row halve it; below ``length_min`` the region has
-    collapsed and the search restarts from a fresh initial design, forgetting its points."""
+    Points live in the unit cube, mapped affinely to the box. After an initial design, each batch
+    fits a GP (Matern-5/2 ARD, constant mean, standardised outcomes, float64 on the CPU) to the
+    current restart's points; the trust region is centred on their best point, its sides
+    ``length`` times the lengthscales over their geometric mean (volume length^d), clipped to the
+    cube; Sobol candidates in it each replace a random subset of the centre's coordinates (with
+    probability min(20/d, 1), at least one); Thompson sampling picks the batch. A batch beating
+    the restart's best by over 1e-3 of its magnitude is a success; ``success_tolerance`` of them
+    in a row double the length (up to length_max), ``failure_tolerance`` failures halve it; below
+    ``length_min`` the search restarts from a fresh initial design."""
 
     def __init__(self, dim: int, cfg: TurboConfig, seed: int) -> None:
         self.dim, self.cfg, self.seed = dim, cfg, seed
         self.failure_tolerance = cfg.failure_tolerance or math.ceil(
             max(4 / cfg.batch_size, dim / cfg.batch_size))
         self.restarts, self.batches = 0, 0
-        self.lengths: list[float] = []  # trust-region length used for each batch
         self._asked: torch.Tensor | None = None
         self._restart()
 
@@ -276,9 +250,6 @@ class Turbo:
         gen = torch.Generator().manual_seed(derive_seed(self.seed, "turbo-design", self.restarts))
         self._design = DESIGNS[self.cfg.design](self.cfg.n_init, self.dim, gen)
 
-    def to_box(self, u: torch.Tensor) -> torch.Tensor:
-        return (2 * u - 1) * self.cfg.bound
-
     def ask(self, limit: int | None = None) -> torch.Tensor:
         limit = math.inf if limit is None else limit
         if len(self._design):  # the initial design, possibly in chunks
@@ -286,14 +257,13 @@ class Turbo:
             self._asked, self._design = self._design[:n], self._design[n:]
         else:
             self._asked = self.propose(min(self.cfg.batch_size, limit))
-        return self.to_box(self._asked)
+        return (2 * self._asked - 1) * self.cfg.bound  # the unit cube mapped to the box
 
     def tell(self, z: torch.Tensor, losses: torch.Tensor) -> None:
         if self._asked is None or len(self._asked) != len(losses):
             raise RuntimeError("tell must answer the last ask")
-        in_design = len(self.Y) < self.cfg.n_init  # design points do not move the region
         losses = finite(losses)
-        if not in_design:
+        if len(self.Y) >= self.cfg.n_init:  # design points do not move the region
             best = float(self.Y.min())
             if float(losses.min()) < best - 1e-3 * abs(best):
                 self.successes, self.failures = self.successes + 1, 0
@@ -309,6 +279,10 @@ class Turbo:
         if self.length < self.cfg.length_min:
             self.restarts += 1
             self._restart()
+
+    def info(self) -> dict[str, int]:
+        return {"restarts": self.restarts, "batches": self.batches,
+                "failure_tolerance": self.failure_tolerance}
 
     def fit(self) -> Any:
         """The GP on the restart's points, hyper-parameters by maximum marginal likelihood.
@@ -334,10 +308,8 @@ class Turbo:
     def propose(self, n: int) -> torch.Tensor:
         import gpytorch
         from botorch.generation import MaxPosteriorSampling
-        from torch.quasirandom import SobolEngine
 
         self.batches += 1
-        self.lengths.append(self.length)
         gen = torch.Generator().manual_seed(derive_seed(self.seed, "turbo-batch", self.batches))
         # BoTorch's fitting retries and posterior samples draw from the global torch RNG:
         # seed it for this batch only, and hand the caller's state back afterwards.
@@ -351,9 +323,7 @@ class Turbo:
             lower = (centre - scales * self.length / 2).clamp(0.0, 1.0)
             upper = (centre + scales * self.length / 2).clamp(0.0, 1.0)
             m = self.cfg.n_candidates
-            sobol = SobolEngine(self.dim, scramble=True,
-                                seed=int(torch.randint(2**31 - 1, (), generator=gen)))
-            points = lower + (upper - lower) * sobol.draw(m, dtype=torch.float64)
+            points = lower + (upper - lower) * sobol_design(m, self.dim, gen)
             mask = torch.rand(m, self.dim, generator=gen) <= min(20.0 / self.dim, 1.0)
             empty = torch.nonzero(~mask.any(1)).view(-1)
             mask[empty, torch.randint(self.dim, (len(empty),), generator=gen)] = True
@@ -364,22 +334,14 @@ class Turbo:
         return chosen.detach()
 
 
-def run_turbo(objective: Objective, dim: int, budget: int, cfg: TurboConfig, seed: int,
-              device: torch.device, progress: Progress | None = None) -> OptimiseResult:
-    opt = Turbo(dim, cfg, seed)
-    tracker = run_ask_tell(opt, objective, budget, device, progress)
-    return tracker.result(restarts=opt.restarts, batches=opt.batches,
-                          failure_tolerance=opt.failure_tolerance)
-
-
 # --- the entry point -----------------------------------------------------------------------
 
-Runner = Callable[..., OptimiseResult]
-OPTIMISERS: dict[str, Runner] = {"adam": run_adam, "cmaes": run_cmaes, "turbo": run_turbo}
+OPTIMISERS: dict[str, Callable[..., OptimiseResult]] = {
+    "adam": run_adam, "cmaes": partial(run_ask_tell, CMAES), "turbo": partial(run_ask_tell, Turbo)}
 
 
 def minimise(method: str, objective: Objective, dim: int, budget: int, config: Any = None,
-             seed: int = 0, device: torch.device | str = CPU,
+             seed: int = 0, device: torch.device | str = "cpu",
              progress: Progress | None = None) -> OptimiseResult:
     """Minimise ``objective`` over R^dim (or its box) with at most ``budget`` evaluations."""
     if method not in OPTIMISERS:

@@ -1,17 +1,13 @@
 """The curious server's attack on one received update.
 
-The attacker's inputs are exactly the received gradient record, the federated model spec it
-names and the generator; it infers the label analytically. Nothing here takes or reads a
-private image: ``Attacker`` has no field for one.
-
-An attack is a function ``(attacker, cfg, seed) -> Trial`` (``ggl.attack.ATTACKS`` maps
-params' ``method`` to one); the GGL optimisers and the baselines share the trials logic.
+The attacker has exactly the received gradient record, the federated model spec it names and
+the generator, and infers the label analytically: ``Attacker`` has no field for a private image.
+An attack is a function ``(attacker, cfg, seed) -> Trial`` (``ggl.attack.ATTACKS`` maps params'
+``method`` to one); the GGL optimisers and the baselines share the trials logic.
 """
 
 from __future__ import annotations
 
-import csv
-import io as textio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ggl import io
 from ggl.attack.labels import infer_label
 from ggl.attack.objective import Objective
 from ggl.attack.optimisers import minimise
@@ -69,13 +66,9 @@ def ggl_objective(attacker: Attacker, cfg: AttackConfig) -> Objective:
     if attacker.generator is None:
         raise ValueError(f"{cfg.method} needs a generator")
     labels = torch.tensor([attacker.label], device=attacker.device)
-    generator = attacker.generator
-
-    def generate(z: torch.Tensor) -> torch.Tensor:
-        return generator(z, labels.expand(len(z)))
-
-    return Objective(attacker.model, generate, attacker.received, attacker.label,
-                     attacker.estimate, cfg.objective, scorer=attacker.scorer)
+    return Objective(attacker.model, lambda z: attacker.generator(z, labels.expand(len(z))),
+                     attacker.received, attacker.label, attacker.estimate, cfg.objective,
+                     scorer=attacker.scorer)
 
 
 def ggl_attack(optimiser: str) -> AttackFn:
@@ -99,16 +92,13 @@ def best_of_trials(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed
                    ) -> tuple[Trial, list[Trial]]:
     """Independent restarts, each seeded from ``seed``; keep the lowest final loss."""
     trials = [attack(attacker, cfg, derive_seed(seed, "trial", t)) for t in range(cfg.trials)]
-    best = min(trials, key=lambda trial: trial.loss)
-    return best, trials
+    return min(trials, key=lambda trial: trial.loss), trials
 
 
 def prepare_attacker(record: dict[str, Any], generator: Any | None, device: torch.device,
                      scorer: str = "auto") -> Attacker:
     """The attacker of one received update (``ggl.client.load_received``)."""
-    spec = record["model"]
-    model = build_model(ModelConfig(spec["arch"], spec["width"], spec["seed"],
-                                    spec["num_classes"]), device)
+    model = build_model(ModelConfig(**record["model"]), device)
     for p in model.parameters():
         p.requires_grad_(True)
     received = [g.to(device) for g in record["gradient"]]
@@ -128,7 +118,7 @@ def run_attack(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed: in
         "evaluations": sum(t.evaluations for t in trials),
         "budget_units": "objective evaluations (one candidate image scored)",
         "seconds": time.perf_counter() - start, "trials": len(trials),
-        "best_trial": next(i for i, t in enumerate(trials) if t is best),
+        "best_trial": trials.index(best),  # Trial compares by identity
         "trial_losses": [t.loss for t in trials], "trial_info": [t.info for t in trials],
         "seed": seed, "defence_estimate": _summarise(attacker.estimate.values),
         "device": str(attacker.device), "scorer": attacker.scorer,
@@ -136,12 +126,9 @@ def run_attack(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed: in
 
 
 def curve_csv(trials: list[Trial]) -> str:
-    out = textio.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["trial", "evaluations", "best_loss"])
-    for t, trial in enumerate(trials):
-        writer.writerows([t, e, f"{loss:.8g}"] for e, loss in trial.curve)
-    return out.getvalue()
+    return io.csv_text(["trial", "evaluations", "best_loss"],
+                       ([t, e, f"{loss:.8g}"] for t, trial in enumerate(trials)
+                        for e, loss in trial.curve))
 
 
 def _summarise(values: dict[str, Any]) -> dict[str, Any]:

@@ -31,17 +31,12 @@ def import_graph() -> dict[str, frozenset[str]]:
 
 
 def _imports(node: ast.AST) -> set[str]:
-    """Every module an import statement under ``node`` names, except in ``if TYPE_CHECKING:``
-    blocks, which never run."""
+    """Every module an import statement under ``node`` names."""
     if isinstance(node, ast.Import):
         return {alias.name for alias in node.names}
     if isinstance(node, ast.ImportFrom) and node.module and not node.level:
         return {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
-    if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-        children: list[ast.AST] = node.orelse
-    else:
-        children = list(ast.iter_child_nodes(node))
-    return set().union(*map(_imports, children))
+    return set().union(*map(_imports, ast.iter_child_nodes(node)))
 
 
 def closure(module: str) -> list[str]:
