@@ -49,13 +49,16 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     return stats.reset_index()
 
 
-def _cell(mean: float, std: float) -> str:
-    # Four significant digits: MSE-R is often ~1e-4, which a fixed .3f would print as 0.000.
-    return f"{mean:.4g} ± {std:.3g}" if pd.notna(std) else f"{mean:.4g}"
+def mean_std(mean: float, std: float) -> str:
+    """A table cell. Four significant digits: MSE-R is often ~1e-4, which a fixed .3f would
+    print as 0.000."""
+    if pd.isna(mean):
+        return "n/a"
+    return f"{mean:.4g}" if pd.isna(std) else f"{mean:.4g} ± {std:.3g}"
 
 
 def table_markdown(summary: pd.DataFrame, rows: str, columns: str, metric: str) -> str:
-    cells = summary.assign(cell=[_cell(m, s) for m, s in zip(
+    cells = summary.assign(cell=[mean_std(m, s) for m, s in zip(
         summary[f"{metric}_mean"], summary[f"{metric}_std"], strict=True)])
     pivot = cells.pivot(index=rows, columns=columns, values="cell")
     pivot = pivot.reindex(index=list(dict.fromkeys(summary[rows])),

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ggl.metrics import CONVENTIONS
 from ggl.paper import NOTES, paper_cell
-from ggl.report import ggl_attacks, headline, lpips_column, lpips_note
+from ggl.report import ggl_attacks, headline, lpips_column, lpips_note, mean_std
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.2em; color: #222; }
@@ -62,11 +62,6 @@ def table(header: list[str], rows: list[list[str]], text_columns: tuple[int, ...
 
 def number(value: float) -> str:
     return "n/a" if pd.isna(value) else f"{value:.4g}"
-
-
-def mean_std(mean: float, std: float) -> str:
-    # Four significant digits: MSE-R is often ~1e-4, which a fixed .3f would print as 0.000.
-    return number(mean) if pd.isna(std) else f"{mean:.4g} ± {std:.3g}"
 
 
 def conventions(frame: pd.DataFrame) -> list[str]:

@@ -427,15 +427,15 @@ def dvc_stage(k: StageKind, params: Params, params_file: str) -> dict[str, Any]:
     template = params_file == "params.yaml"
     bound = {"experiment": "${experiment}" if template else params.experiment,
              **{w: f"${{item.{w}}}" for w in k.wildcards}}
+    stage = Stage(k, params, {w: bound[w] for w in k.wildcards})  # wildcards as templates
     entry: dict[str, Any] = {}
     if k.wildcards:
         entry["matrix"] = {w: f"${{{MATRIX[w]}}}" if template else VALUES[w](params)
                            for w in k.wildcards}
-    options = (f"--{w} {bound[w]}" for w in k.wildcards)
-    entry["cmd"] = " ".join(["ggl", k.name, "--params", params_file, *options])
+    entry["cmd"] = stage.command(params_file)
     inputs = [dvc_path(FILES[n], bound) for n in k.inputs if WRITERS[n].when(params)]
-    entry["deps"] = _outermost(inputs) + closure(k.module)
-    keys = [key.format(**bound) for key in k.params]
+    entry["deps"] = _outermost(inputs) + stage.code()
+    keys = stage.param_keys()
     entry["params"] = keys if template else [{params_file: keys}]
     entry["outs"] = _outermost([dvc_path(f, bound) for n, f in k.outputs.items()
                                 if n != "headline"])
