@@ -256,6 +256,10 @@ def overview_page(frame: pd.DataFrame, summary: pd.DataFrame, experiment: str,
             + "<p>Best = highest mean PSNR ([-1, 1] convention, dB) over the private images; "
               "higher PSNR and SSIM, lower LPIPS = more leakage. The full tables: Table 2, "
               "Table 3 and the summary, under Tables.</p>"
+            + "<p>This compares attacks with one another. It is not yet a measure of leakage: "
+              "nothing here is set against what the attacker gets without the gradient (the "
+              "prior alone, the class mean), and a mean over this few images has no "
+              "interval.</p>"
             + "<h2>Generator</h2>" + quality_section(quality, generator_kind))
     return page(f"{experiment}: does GGL leak more than the baselines?",
                 conventions(frame)[:4] + _paper_conventions(experiment, frame), body)
