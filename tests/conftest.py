@@ -32,7 +32,8 @@ def tiny_params(**overrides) -> dict:
     raw["private_images"] = [0, 1]
     raw["model"]["width"] = 4
     raw["data"]["public_size"] = 200
-    raw["data"]["private_size"] = 20
+    raw["data"]["private_size"] = 40
+    raw["metrics"]["reid_pool"] = 1
     raw["defences"] = {
         "none": [],
         "noise": [{"kind": "noise", "sigma": 0.01}],
@@ -41,7 +42,7 @@ def tiny_params(**overrides) -> dict:
     raw["generator"].update(latent_dim=8, width=2)
     raw["generator"]["train"].update(epochs=1, batch_size=32)
     budgets = {"ggl-adam": 4, "ggl-cmaes": 8, "ggl-bo": 6, "dlg": 3, "idlg": 3, "ig": 3,
-               "gi": 3}
+               "gi": 3, "prior": 4, "noise-gradient": 4}
     for name, budget in budgets.items():
         raw["attacks"][name]["budget"] = budget
     raw["attacks"]["ggl-cmaes"]["optimiser"]["popsize"] = 4

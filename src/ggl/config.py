@@ -16,7 +16,7 @@ import yaml
 
 from ggl.errors import GglError
 from ggl.plugins import PLUGIN_PATTERN
-from ggl.settings import METHODS, AttackConfig
+from ggl.settings import GGL_OPTIMISERS, METHODS, AttackConfig
 
 KNOWN_DATASET_SIZES = {"digits": 1797}
 
@@ -156,20 +156,55 @@ def build_settings(cls: type, raw: Any, key: str) -> Any:
         raise ParamsError(f"{key}.{exc}") from exc
 
 
-def attack_config(raw: dict[str, Any], key: str) -> AttackConfig:
-    """One entry of params' attacks (``key`` names it in errors)."""
+def attack_config(raw: dict[str, Any], key: str,
+                  controlled: dict[str, AttackConfig] | None = None) -> AttackConfig:
+    """One entry of params' attacks (``key`` names it in errors); ``controlled``: the entries a
+    noise-gradient control may name in ``of``."""
     method = raw["method"]
-    if method not in METHODS and not re.match(PLUGIN_PATTERN, str(method)):
+    if method not in (*METHODS, "noise-gradient") and not re.match(PLUGIN_PATTERN, str(method)):
         raise ParamsError(f"{key}.method: {method!r} is not allowed; allowed are "
-                          f"{', '.join(METHODS)}, or 'package.module:callable'")
+                          f"{', '.join([*METHODS, 'noise-gradient'])}, or "
+                          "'package.module:callable'")
+    of = raw.get("of")
+    if (of is None) != (method != "noise-gradient"):
+        raise ParamsError(f"{key}.of: " + ("missing: name the GGL attack this noise-gradient "
+                                           "control repeats" if of is None else
+                                           "only a noise-gradient control takes 'of'"))
+    classes = METHODS.get(method)
+    if of is not None:
+        target = (controlled or {}).get(of)
+        if target is None or target.method not in GGL_OPTIMISERS:
+            ggl = [n for n, c in (controlled or {}).items() if c.method in GGL_OPTIMISERS]
+            raise ParamsError(f"{key}.of: {of!r} is not a GGL attack of params' attacks; "
+                              f"allowed are {', '.join(ggl) or 'none'}")
+        classes = METHODS[target.method]
     objective, optimiser = raw["objective"], raw["optimiser"]
-    if method in METHODS:  # a plugin method gets its settings as given
-        objective = build_settings(METHODS[method][0], objective, f"{key}.objective")
-        optimiser = build_settings(METHODS[method][1], optimiser, f"{key}.optimiser")
+    if classes is not None:  # a plugin method gets its settings as given
+        objective = build_settings(classes[0], objective, f"{key}.objective")
+        optimiser = build_settings(classes[1], optimiser, f"{key}.optimiser")
     try:
-        return AttackConfig(method, raw["trials"], raw["budget"], objective, optimiser)
+        cfg = AttackConfig(method, raw["trials"], raw["budget"], objective, optimiser, of)
     except ValueError as exc:
         raise ParamsError(f"{key}.{exc}") from exc
+    if method in ("prior", "label-only") and cfg.trials != 1:
+        raise ParamsError(f"{key}.trials: a {method} control has one trial, got {cfg.trials}")
+    if method == "label-only" and cfg.budget != 1:
+        raise ParamsError(f"{key}.budget: label-only is one image (budget 1), got {cfg.budget}")
+    if of is not None:  # the same attack, only the gradient differs
+        differ = [f for f in ("trials", "budget", "objective", "optimiser")
+                  if getattr(cfg, f) != getattr(controlled[of], f)]
+        if differ:
+            raise ParamsError(f"{key}: a noise-gradient control repeats attacks.{of} exactly; "
+                              f"its {', '.join(differ)} differ (copy them from attacks.{of})")
+    return cfg
+
+
+def attack_configs(raw: dict[str, Any]) -> dict[str, AttackConfig]:
+    """params' attacks, noise-gradient controls checked against the attacks they repeat."""
+    plain = {name: attack_config(cfg, f"attacks.{name}") for name, cfg in raw.items()
+             if cfg["method"] != "noise-gradient"}
+    return {name: plain.get(name) or attack_config(cfg, f"attacks.{name}", plain)
+            for name, cfg in raw.items()}
 
 
 @dataclass(frozen=True)
@@ -186,6 +221,7 @@ class Params:
     generator: GeneratorConfig
     attacks: dict[str, AttackConfig]
     lpips_stand_in: bool
+    reid_pool: int  # unattacked private images per class the truth is ranked among
     raw: dict[str, Any]
 
     @classmethod
@@ -200,9 +236,9 @@ class Params:
             defences={name: tuple(DefenceStep.from_raw(s) for s in steps)
                       for name, steps in raw["defences"].items()},
             generator=GeneratorConfig(**raw["generator"]),
-            attacks={name: attack_config(cfg, f"attacks.{name}")
-                     for name, cfg in raw["attacks"].items()},
+            attacks=attack_configs(raw["attacks"]),
             lpips_stand_in=raw["metrics"]["lpips_stand_in"],
+            reid_pool=raw["metrics"]["reid_pool"],
             raw=raw,
         )
 

@@ -130,6 +130,18 @@ class PixelOptimiserConfig(_Settings):
     LIMITS = {"lr": (">", 0), "history_size": (">=", 1)}
 
 
+# --- the controls: what the attacker gets without the gradient ------------------------------
+
+@dataclass(frozen=True)
+class NoSettings(_Settings):
+    """A control's objective or optimiser: it has none (params write ``{}``)."""
+
+
+# prior: the generator's samples of the inferred class (budget = samples); label-only: the mean
+# public image of the inferred class; noise-gradient: a GGL attack (``of``, same settings and
+# seed) on Gaussian noise with the received gradient's norms and zeros, the real label.
+CONTROLS = ("prior", "label-only", "noise-gradient")
+
 # --- the methods --------------------------------------------------------------------------
 
 GGL_OPTIMISERS = {"ggl-adam": "adam", "ggl-cmaes": "cmaes", "ggl-bo": "turbo"}
@@ -139,6 +151,8 @@ OPTIMISER_CONFIGS: dict[str, type] = {
 METHODS: dict[str, tuple[type, type]] = {
     **{m: (ObjectiveConfig, OPTIMISER_CONFIGS[o]) for m, o in GGL_OPTIMISERS.items()},
     **{m: (PixelObjectiveConfig, PixelOptimiserConfig) for m in ("dlg", "idlg", "ig", "gi")},
+    "prior": (NoSettings, NoSettings), "label-only": (NoSettings, NoSettings),
+    # noise-gradient takes the settings classes of the GGL attack it controls (ggl.config)
 }
 
 
@@ -149,6 +163,7 @@ class AttackConfig:
     budget: int  # objective evaluations per trial
     objective: Any = None  # the method's objective settings (a dict for a plugin method)
     optimiser: Any = None  # its optimiser settings (likewise)
+    of: str | None = None  # noise-gradient: the name of the GGL attack it controls
 
     def __post_init__(self) -> None:
         popsize = getattr(self.optimiser, "popsize", None)

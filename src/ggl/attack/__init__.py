@@ -1,9 +1,10 @@
-"""The attacker's side: objective, label inference, optimisers, baselines. ``ATTACKS`` maps
-params' ``method`` to an attack function: the built-in methods are registered here, a
-``package.module:callable`` plugs in a user's own.
+"""The attacker's side: objective, label inference, optimisers, baselines, controls.
+``ATTACKS`` maps params' ``method`` to an attack function: the built-in methods are registered
+here, a ``package.module:callable`` plugs in a user's own.
 """
 
 from ggl.attack.baselines import LEARNS_LABEL, pixel_attack
+from ggl.attack.controls import CONTROL_ATTACKS
 from ggl.attack.run import AttackFn, ggl_attack
 from ggl.plugins import Registry
 from ggl.settings import GGL_OPTIMISERS
@@ -13,3 +14,5 @@ for _method, _optimiser in GGL_OPTIMISERS.items():
     ATTACKS.register(_method)(ggl_attack(_optimiser))
 for _method, _learns in LEARNS_LABEL.items():
     ATTACKS.register(_method)(pixel_attack(_learns))
+for _method, _control in CONTROL_ATTACKS.items():
+    ATTACKS.register(_method)(_control)

@@ -42,6 +42,7 @@ class Attacker:
     generator: Any | None  # ggl.generators.Generator, or None for pixel-space baselines
     device: torch.device
     scorer: str = "auto"  # params' scorer: how the objective scores a batch (ggl.attack.objective)
+    public: tuple[torch.Tensor, torch.Tensor] | None = None  # public split, for label-only
 
     @cached_property
     def estimate(self) -> Estimate:
@@ -51,7 +52,7 @@ class Attacker:
 
 @dataclass(eq=False)
 class Trial:
-    image: torch.Tensor  # (3, H, W) in [-1, 1]
+    image: torch.Tensor  # (3, H, W) in [-1, 1]; the prior control: (samples, 3, H, W)
     loss: float  # the attack's final objective value: the trial with the lowest is kept
     evaluations: int
     curve: list[tuple[int, float]]  # (evaluations so far, best loss so far)
@@ -96,7 +97,8 @@ def best_of_trials(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed
 
 
 def prepare_attacker(record: dict[str, Any], generator: Any | None, device: torch.device,
-                     scorer: str = "auto") -> Attacker:
+                     scorer: str = "auto",
+                     public: tuple[torch.Tensor, torch.Tensor] | None = None) -> Attacker:
     """The attacker of one received update (``ggl.client.load_received``)."""
     model = build_model(ModelConfig(**record["model"]), device)
     for p in model.parameters():
@@ -105,7 +107,7 @@ def prepare_attacker(record: dict[str, Any], generator: Any | None, device: torc
     size = record["image_size"]
     return Attacker(received, steps_from_record(record["defence"]), model, record["fc_index"],
                     infer_label(received, record["fc_index"]), (3, size, size), generator,
-                    device, scorer)
+                    device, scorer, public)
 
 
 def run_attack(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed: int

@@ -297,8 +297,9 @@ STAGE_KINDS: list[StageKind] = [
         name="attack",
         summary="invert every received gradient of one defence with one attack",
         wildcards=("defence", "attack"),
-        # the received gradients (never the client's truth) and the generator
-        inputs=("received", "generator", "biggan_weights"),
+        # the received gradients (never the client's truth), the generator and the public
+        # split (the label-only control's)
+        inputs=("received", "generator", "biggan_weights", "public"),
         outputs={"reconstruction": File(f"{RUN}/reconstruction.pt"),
                  "reconstruction_png": File(f"{RUN}/reconstruction.png"),
                  "latent": File(f"{RUN}/latent.pt"),

@@ -1,5 +1,6 @@
 """Stage attack: one attack on every received update of one defence. It reads the received
-gradients and the generator, never a private image or the client's truth."""
+gradients, the generator and (for the label-only control) the public split, never a private
+image or the client's truth."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ggl import io
 from ggl.attack import ATTACKS
 from ggl.attack.run import curve_csv, prepare_attacker, run_attack
 from ggl.client import load_received
+from ggl.data import load_part
 from ggl.generators import build_generator
 from ggl.pipeline.registry import Stage
 from ggl.runtime import derive_seed, resolve_device
@@ -26,11 +28,13 @@ def run(stage: Stage, log: Logger) -> None:
                        if stage.has(name)), None)  # None: a plugin generator's own weights
     generator = build_generator(params, checkpoint, device)
     prior = {"kind": params.generator.kind, **generator.info()}
+    public = load_part(stage.input("public")) if cfg.method == "label-only" else None
     for image in tqdm(params.image_ids(), desc=f"{attack} on {defence}", unit="img"):
         attacker = prepare_attacker(load_received(stage.input("received", image=image)),
-                                    generator, device, params.scorer)
-        # Common random numbers: the same attack starts alike under every defence.
-        seed = derive_seed(params.seed, "attack", attack, image)
+                                    generator, device, params.scorer, public)
+        # Common random numbers: the same attack starts alike under every defence, and a
+        # noise-gradient control like the attack it repeats.
+        seed = derive_seed(params.seed, "attack", cfg.of or attack, image)
         best, trials, result = run_attack(ATTACKS.get(cfg.method), attacker, cfg, seed)
         io.save_torch(stage.output("reconstruction", image=image), best.image)
         io.save_image(stage.output("reconstruction_png", image=image), best.image)

@@ -1,4 +1,5 @@
-"""Stage metrics: the only join of reconstructions with the private images they came from."""
+"""Stage metrics: the only join of reconstructions with the private images they came from,
+and of each attack with its controls (``ggl.leakage``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import pandas as pd
 
 from ggl import io
 from ggl.data import load_part
+from ggl.leakage import CONVENTIONS as LEAKAGE_CONVENTIONS
+from ggl.leakage import above_control, reid_pool, reid_rank
 from ggl.metrics import CONVENTIONS, Lpips, evaluate
 from ggl.models import build_model
 from ggl.pipeline.registry import Stage
@@ -17,7 +20,8 @@ from ggl.runtime import resolve_device
 def run(stage: Stage, log: Logger) -> None:
     params = stage.params
     device = resolve_device(params.device)
-    images, _ = load_part(stage.input("private"))
+    images, labels = load_part(stage.input("private"))
+    pool = reid_pool(labels, params.private_images, params.reid_pool)  # fails before compute
     model = build_model(params.model, device)
     lpips_metric = Lpips(params.lpips_stand_in, device)
     rows = []
@@ -26,18 +30,25 @@ def run(stage: Stage, log: Logger) -> None:
         result = io.read_json(stage.input("result", **run_files))
         truth = io.read_json(stage.input("truth", defence=defence, image=image))
         reconstruction = io.load_torch(stage.input("reconstruction", **run_files))
-        original = images[truth["private_index"]][None].to(device)
-        values = evaluate(reconstruction[None].to(device), original, model, lpips_metric)
+        stack = reconstruction if reconstruction.dim() == 4 else reconstruction[None]
+        original = images[truth["private_index"]]
+        values = evaluate(stack.to(device), original[None].expand_as(stack).to(device), model,
+                          lpips_metric)
+        distractors = images[pool[result["inferred_label"]]]
+        rank, top1 = reid_rank(stack, original, distractors)
         rows.append({
             "image_id": image, "private_index": truth["private_index"],
             "defence": defence, "attack": attack, "method": result["method"],
-            **{k: v[0] for k, v in values.items()},
+            "samples": len(stack), **{k: sum(v) / len(v) for k, v in values.items()},
+            "reid_rank_ssim": rank, "reid_top1_ssim": top1,
+            "reid_candidates": len(distractors) + 1,
             "label_true": truth["true_label"], "label_inferred": result["inferred_label"],
             "label_correct": truth["true_label"] == result["inferred_label"],
             "evaluations": result["evaluations"], "seconds": result["seconds"],
             "loss": result["loss"],
             "generator_stand_in": (result.get("generator") or {}).get("stand_in"),
         })
-    io.write_text(stage.output("metrics"), pd.DataFrame(rows).to_csv(index=False))
-    io.write_json(stage.output("metrics_conventions"), CONVENTIONS)
+    frame = above_control(pd.DataFrame(rows))
+    io.write_text(stage.output("metrics"), frame.to_csv(index=False))
+    io.write_json(stage.output("metrics_conventions"), {**CONVENTIONS, **LEAKAGE_CONVENTIONS})
     log.info("%d rows -> %s", len(rows), stage.output("metrics"))

@@ -1,0 +1,70 @@
+"""Controls: what the curious server gets without the information in the gradient. An attack's
+score means little until it is set against them (``ggl.leakage``). Each is an attack function
+like any other and, like them, never sees a private image.
+
+- ``prior``: ``budget`` samples of the generator for the label inferred from the gradient
+  (their metrics are averaged);
+- ``label-only``: the mean public image of the inferred class;
+- ``noise-gradient``: a GGL attack (``of``), same settings and seed, on Gaussian noise with the
+  received gradient's per-tensor norms and zeros, and the label inferred from the real one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+
+from ggl.attack.run import Attacker, Trial, ggl_attack
+from ggl.defences import Gradient
+from ggl.runtime import derive_seed
+from ggl.settings import GGL_OPTIMISERS, OPTIMISER_CONFIGS, AttackConfig
+
+
+def prior(attacker: Attacker, cfg: AttackConfig, seed: int) -> Trial:
+    """``cfg.budget`` latents drawn from the generator's prior N(0, I), of the inferred class."""
+    if attacker.generator is None:
+        raise ValueError("the prior control needs a generator")
+    gen = torch.Generator().manual_seed(derive_seed(seed, "prior"))
+    z = torch.randn(cfg.budget, attacker.generator.latent_dim, generator=gen)
+    labels = torch.full((cfg.budget,), attacker.label, device=attacker.device)
+    with torch.no_grad():
+        images = attacker.generator(z.to(attacker.device), labels)
+    return Trial(images.cpu(), math.nan, cfg.budget, [], latent=z, info={"samples": cfg.budget})
+
+
+def label_only(attacker: Attacker, cfg: AttackConfig, seed: int) -> Trial:
+    """The mean public image of the inferred class."""
+    if attacker.public is None:
+        raise ValueError("the label-only control needs the public split")
+    images, labels = attacker.public
+    same = images[labels == attacker.label]
+    if not len(same):
+        raise ValueError(f"the public split has no image of class {attacker.label}")
+    return Trial(same.mean(0), math.nan, 1, [], info={"public_images": len(same)})
+
+
+def noise_like(received: Gradient, gen: torch.Generator) -> Gradient:
+    """Gaussian noise with each tensor's l2 norm and zero entries (the defence's sparsity)."""
+    out = []
+    for r in received:
+        noise = torch.randn(r.shape, generator=gen).to(r) * (r != 0)
+        norm = noise.norm()
+        out.append(noise * (r.norm() / norm) if norm > 0 else noise)
+    return out
+
+
+def noise_gradient(attacker: Attacker, cfg: AttackConfig, seed: int) -> Trial:
+    """The GGL attack of ``cfg`` (its optimiser given by its settings' type) on a noise gradient;
+    the label stays the one inferred from the real gradient."""
+    optimiser = next(o for o, c in OPTIMISER_CONFIGS.items() if isinstance(cfg.optimiser, c))
+    method = next(m for m, o in GGL_OPTIMISERS.items() if o == optimiser)
+    gen = torch.Generator().manual_seed(derive_seed(seed, "noise-gradient"))
+    noisy = replace(attacker, received=noise_like(attacker.received, gen))
+    trial = ggl_attack(optimiser)(noisy, cfg, seed)
+    trial.info = {**trial.info, "repeats": method}
+    return trial
+
+
+CONTROL_ATTACKS = {"prior": prior, "label-only": label_only, "noise-gradient": noise_gradient}

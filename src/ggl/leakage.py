@@ -1,0 +1,193 @@
+"""How much a received gradient leaks about *this* image, beyond what the attacker knew anyway.
+
+- **Above control**: an attack's metric minus that of the strongest control (``ggl.attack.
+  controls``) on the same image, signed so that positive = more leakage. The strongest control
+  is, per defence and metric, the control with the best mean over images.
+- **Re-identification**: the true private image ranked among itself and a pool of other private
+  images of the inferred class (never attacked) by SSIM to the reconstruction; rank 1 = the
+  server could tell which image it was. A stack of prior samples gives the mean over samples.
+- **Intervals** over images: a percentile bootstrap of the mean (paired differences) and the
+  Wilson score interval of a rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ggl.errors import GglError
+from ggl.settings import CONTROLS
+
+CONFIDENCE = 0.95
+RESAMPLES = 9999
+INTERVALS = (f"{CONFIDENCE:.0%} intervals over images: percentile bootstrap of the mean "
+             f"({RESAMPLES} resamples, paired by image); rates: Wilson score interval")
+CONVENTIONS = {
+    "samples": "images in the reconstruction: the prior control's samples, whose metrics are "
+               "averaged; 1 for every other attack",
+    "<metric>_above_control": "the metric minus the strongest control's on the same image, "
+                              "signed so that positive = more leakage (LPIPS: control - attack)",
+    "<metric>_control": "the strongest control of that defence and metric: the control "
+                        "(prior, label-only, noise-gradient) with the best mean over images",
+    "reid_rank_ssim": "rank of the true private image among itself and the re-identification "
+                      "pool (other private images of the inferred class, never attacked) by "
+                      "SSIM to the reconstruction; 1 = identified; ties count against the truth",
+    "reid_top1_ssim": "1 when the true image ranks first (the prior: share of its samples)",
+    "reid_candidates": "images ranked (the truth and the pool); chance top-1 = 1 / this",
+    "intervals": INTERVALS,
+}
+
+
+# --- re-identification ---------------------------------------------------------------------
+
+def reid_pool(labels: torch.Tensor, attacked: Sequence[int], per_class: int
+              ) -> dict[int, list[int]]:
+    """Per class, the first ``per_class`` private indices of that class that no client sent."""
+    skip = set(attacked)
+    pool: dict[int, list[int]] = {}
+    for index, label in enumerate(labels.tolist()):
+        members = pool.setdefault(int(label), [])
+        if index not in skip and len(members) < per_class:
+            members.append(index)
+    short = {c: len(m) for c, m in pool.items() if len(m) < per_class}
+    if short:
+        raise GglError(f"metrics.reid_pool: {per_class} images per class are asked for, but the "
+                       f"private split has fewer unattacked images of classes {short}; lower "
+                       f"metrics.reid_pool or raise data.private_size")
+    return pool
+
+
+def reid_rank(reconstructions: torch.Tensor, truth: torch.Tensor, distractors: torch.Tensor
+              ) -> tuple[float, float]:
+    """Rank of ``truth`` (3, H, W) among itself and ``distractors`` (m, 3, H, W) by SSIM to each
+    reconstruction (n, 3, H, W), ties counted against the truth: (mean rank, share ranked
+    first) over the n reconstructions."""
+    from ggl.metrics import ssim
+
+    candidates = torch.cat([truth[None], distractors])
+    ranks = []
+    for image in reconstructions:
+        scores = torch.tensor(ssim(image[None].expand_as(candidates), candidates))
+        ranks.append(1 + int((scores[1:] >= scores[0]).sum()))
+    return float(np.mean(ranks)), float(np.mean([r == 1 for r in ranks]))
+
+
+# --- above control ----------------------------------------------------------------------------
+
+LEAKAGE_METRICS = ("psnr_db_pm1", "ssim", "lpips")  # lpips: the frame's LPIPS column
+
+
+def _columns(frame: pd.DataFrame) -> dict[str, str]:
+    """Leakage metric -> its column in ``frame`` (the LPIPS column names its backbone)."""
+    lpips = [c for c in ("lpips_vgg", "lpips_vgg_stand_in") if c in frame.columns]
+    return {m: (lpips[0] if m == "lpips" else m) for m in LEAKAGE_METRICS
+            if m != "lpips" or lpips}
+
+
+def sign(metric: str) -> int:
+    """+1 where a higher value is more leakage, -1 where lower is (LPIPS)."""
+    return -1 if metric.startswith("lpips") else 1
+
+
+def above_control(frame: pd.DataFrame, controls: Sequence[str] = CONTROLS) -> pd.DataFrame:
+    """``frame`` (metrics.csv rows) with ``<column>_above_control`` and ``<column>_control``
+    (the strongest control's name) per leakage metric; NaN without a control. ``controls``:
+    the control methods to choose from."""
+    frame = frame.copy()
+    is_control = frame["method"].isin(controls)
+    for column in _columns(frame).values():
+        above = pd.Series(np.nan, index=frame.index)
+        control = pd.Series(None, index=frame.index, dtype=object)
+        for _, rows in frame.groupby("defence", sort=False):
+            controls = rows[is_control.loc[rows.index]]
+            if not len(controls):
+                continue
+            means = controls.groupby("attack")[column].mean() * sign(column)
+            best = means.idxmax()
+            reference = controls[controls["attack"] == best].set_index("image_id")[column]
+            above.loc[rows.index] = sign(column) * (
+                rows[column].to_numpy() - reference.loc[rows["image_id"]].to_numpy())
+            control.loc[rows.index] = best
+        frame[f"{column}_above_control"] = above
+        frame[f"{column}_control"] = control
+    return frame
+
+
+# --- intervals ----------------------------------------------------------------------------
+
+def bootstrap_interval(values: Sequence[float], seed: int = 0) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the mean; (nan, nan) below 2 values."""
+    from scipy.stats import bootstrap
+
+    data = np.asarray(values, dtype=float)
+    data = data[np.isfinite(data)]
+    if len(data) < 2:
+        return math.nan, math.nan
+    if np.all(data == data[0]):  # no spread: the bootstrap distribution is one point
+        return float(data[0]), float(data[0])
+    result = bootstrap((data,), np.mean, n_resamples=RESAMPLES, confidence_level=CONFIDENCE,
+                       method="percentile", rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def wilson_interval(rate: float, n: int) -> tuple[float, float]:
+    """The Wilson score interval of a rate over n trials. Written out because scipy's
+    ``binomtest`` takes whole counts, and the prior control's per-image rates are fractions."""
+    from scipy.stats import norm
+
+    if n == 0 or not math.isfinite(rate):
+        return math.nan, math.nan
+    z = float(norm.ppf(0.5 + CONFIDENCE / 2))
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# --- the table ----------------------------------------------------------------------------
+
+def leakage_table(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Per (defence, attack): each leakage metric above its strongest control (mean, interval,
+    which control), the re-identification rate and mean rank with intervals and chance levels,
+    and a verdict in words on PSNR."""
+    rows = []
+    columns = _columns(frame)
+    for (defence, attack), part in frame.groupby(["defence", "attack"], sort=False):
+        row = {"defence": defence, "attack": attack, "method": part["method"].iloc[0],
+               "control": bool(part["method"].iloc[0] in CONTROLS), "images": len(part)}
+        for column in columns.values():
+            values = part[f"{column}_above_control"]
+            low, high = bootstrap_interval(values, seed)
+            row.update({f"{column}_above_control": values.mean(),
+                        f"{column}_above_control_low": low,
+                        f"{column}_above_control_high": high,
+                        f"{column}_control": part[f"{column}_control"].iloc[0]})
+        top1 = part["reid_top1_ssim"].mean()
+        low, high = wilson_interval(top1, len(part))
+        rank_low, rank_high = bootstrap_interval(part["reid_rank_ssim"], seed)
+        row.update({"reid_top1_ssim": top1, "reid_top1_ssim_low": low,
+                    "reid_top1_ssim_high": high,
+                    "reid_top1_chance": float((1 / part["reid_candidates"]).mean()),
+                    "reid_rank_ssim": part["reid_rank_ssim"].mean(),
+                    "reid_rank_ssim_low": rank_low, "reid_rank_ssim_high": rank_high,
+                    "reid_rank_chance": float(((part["reid_candidates"] + 1) / 2).mean())})
+        row["verdict"] = ("control: what the attacker gets without the gradient"
+                          if row["control"] else
+                          verdict(row["psnr_db_pm1_above_control_low"],
+                                  row["psnr_db_pm1_above_control_high"]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verdict(low: float, high: float) -> str:
+    """What a PSNR-above-control interval lets one say."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "no control or too few images: leakage not measured"
+    if low > 0:
+        return "leaks beyond the controls"
+    if high < 0:
+        return "below the strongest control"
+    return "no leakage beyond the controls was measured (interval contains 0)"
