@@ -16,7 +16,14 @@ from ggl.attack.controls import noise_like
 from ggl.attack.objective import trial_gradients
 from ggl.attack.run import Attacker
 from ggl.generators import Generator
-from ggl.leakage import above_control, leakage_table, reid_pool, reid_rank, wilson_interval
+from ggl.leakage import (
+    above_control,
+    leakage_table,
+    reid_pool,
+    reid_rank,
+    short_classes,
+    wilson_interval,
+)
 from ggl.metrics import psnr_pm1, ssim
 from ggl.models import fc_weight_index
 from ggl.settings import AdamConfig, AttackConfig, NoSettings, ObjectiveConfig
@@ -129,11 +136,11 @@ def test_the_prior_control_averages_its_samples_and_never_identifies_better_than
     assert 6 < prior["reid_rank_ssim"].mean() < 16
 
 
-def test_reid_pool_skips_attacked_images_and_names_the_key_when_too_small():
+def test_reid_pool_skips_attacked_images_and_reports_short_classes():
     labels = torch.tensor([0, 1, 0, 1, 0, 1, 0])
     assert reid_pool(labels, [0], 2) == {0: [2, 4], 1: [1, 3]}
-    with pytest.raises(Exception, match="metrics.reid_pool"):
-        reid_pool(labels, [0, 2], 3)
+    pool = reid_pool(labels, [0, 2], 3)
+    assert pool == {0: [4, 6], 1: [1, 3, 5]} and short_classes(pool, 3) == {0: 2}
 
 
 def test_reid_rank_counts_ties_against_the_truth():

@@ -9,13 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ggl.leakage import above_control, leakage_table
 from ggl.report import headline, metric_plot, metric_range, summarise
 from ggl.report_html import html_pages
 
-ATTACKS = {"ggl-adam": "ggl-adam", "my-cmaes": "ggl-cmaes", "dlg": "dlg", "ig": "ig"}
-# mean PSNR per (defence, attack): GGL wins without defence, loses under clipping
-PSNR = {"none": {"ggl-adam": 14.0, "my-cmaes": 12.0, "dlg": 9.0, "ig": 10.0},
-        "clipping": {"ggl-adam": 8.0, "my-cmaes": 9.5, "dlg": 7.0, "ig": 11.0}}
+ATTACKS = {"ggl-adam": "ggl-adam", "my-cmaes": "ggl-cmaes", "dlg": "dlg", "ig": "ig",
+           "label-only": "label-only"}
+# mean PSNR per (defence, attack): GGL wins without defence, loses under clipping; the control
+# beats every baseline without defence (it is still no baseline)
+PSNR = {"none": {"ggl-adam": 14.0, "my-cmaes": 12.0, "dlg": 9.0, "ig": 10.0, "label-only": 11.0},
+        "clipping": {"ggl-adam": 8.0, "my-cmaes": 9.5, "dlg": 7.0, "ig": 11.0,
+                     "label-only": 7.5}}
 
 
 def made_up_frame(lpips: str = "lpips_vgg") -> pd.DataFrame:
@@ -31,8 +35,9 @@ def made_up_frame(lpips: str = "lpips_vgg") -> pd.DataFrame:
                     # near the ends of their ranges: bars of mean ± sd would leave them
                     "ssim": 0.999 - 0.3 * k ** 2, lpips: 0.002 + 0.3 * k ** 2,
                     "mse_r": float(rng.uniform(1e-5, 1e-4)), "label_correct": k != 2,
-                    "evaluations": 100, "seconds": 1.5})
-    return pd.DataFrame(rows)
+                    "evaluations": 100, "seconds": 1.5, "reid_rank_ssim": 1 + k,
+                    "reid_top1_ssim": float(k == 0), "reid_candidates": 21})
+    return above_control(pd.DataFrame(rows))
 
 
 class Cells(HTMLParser):
@@ -85,7 +90,8 @@ def pages() -> dict[str, str]:
                "classes_covered": 9, "num_classes": 10, "classifier_public_accuracy": 0.99,
                "classifier_private_accuracy": 0.97, "n_samples": 2000, "n_private": 500,
                "generator_stand_in": False, "convention": "confidence = top probability"}
-    return html_pages(frame, summarise(frame), "celeba32", quality, "dcgan")
+    return html_pages(frame, summarise(frame), leakage_table(frame), "celeba32", quality,
+                      "dcgan")
 
 
 def test_table3_holds_every_mean_in_its_cell(pages):
@@ -110,7 +116,8 @@ def test_table2_has_the_ggl_attacks_only_and_the_conventions(pages):
 
 
 def test_the_overview_names_the_best_of_each_side_and_says_when_ggl_loses(pages):
-    best = headline(made_up_frame(), summarise(made_up_frame())).set_index("defence")
+    frame = made_up_frame()
+    best = headline(frame, summarise(frame), leakage_table(frame)).set_index("defence")
     assert best.loc["none", "ggl_attack"] == "ggl-adam"
     assert best.loc["none", "baseline_attack"] == "ig"
     assert best.loc["clipping", "ggl_attack"] == "my-cmaes"
@@ -118,20 +125,35 @@ def test_the_overview_names_the_best_of_each_side_and_says_when_ggl_loses(pages)
     text = pages["overview_html"]
     assert "GGL does NOT beat the best baseline under: clipping" in text
     assert "1 of 2 defences (none)" in text
-    groups, header, *rows = tables_of(text)[0]
+    groups, header, *rows = tables_of(text)[1]
     assert groups[1:4] == ["best GGL attack", "best baseline", ""]
     by_defence = {row[0]: row for row in rows}
     assert by_defence["clipping"][header.index("attack", 2)] == "ig"
     assert by_defence["clipping"][9] == "NO, -1.50 dB"
     assert by_defence["none"][10].startswith("ggl-adam: 13.7 dB")  # the paper's, Table 2
-    quality = dict(r for r in tables_of(text)[1][1:])
+    quality = dict(r for r in tables_of(text)[2][1:])
     assert quality["confidence ratio (samples / private images)"] == "0.947"
     assert quality["classes covered by the samples"] == "9 of 10"
 
 
+def test_the_overview_leads_with_leakage_above_the_strongest_control(pages):
+    text = pages["overview_html"]
+    assert text.index("Leakage above control") < text.index("GGL against the baselines")
+    header, *rows = tables_of(text)[0]
+    cells = {(r[0], r[1]): r for r in rows}
+    # per image the paired difference is constant here: the interval is one point
+    assert cells[("none", "ggl-adam")][2] == "3 [3, 3]"
+    assert cells[("none", "ig")][2] == "-1 [-1, -1]"  # the control is no baseline
+    assert cells[("none", "ggl-adam")][5] == "leaks beyond the controls"
+    assert cells[("clipping", "ig")][2] == "3.5 [3.5, 3.5]"
+    assert "none: leaks beyond the controls (ggl-adam, +3.00 dB" in text
+    assert "label-only" in pages["leakage_html"] and "chance" in pages["leakage_html"]
+
+
 def test_a_stand_in_lpips_gets_no_paper_lpips_and_no_quality_without_a_dcgan():
     frame = made_up_frame("lpips_vgg_stand_in")
-    pages = html_pages(frame, summarise(frame), "celeba32", None, "biggan-deep-256")
+    pages = html_pages(frame, summarise(frame), leakage_table(frame), "celeba32", None,
+                       "biggan-deep-256")
     lpips = grid(tables_of(pages["table3_html"])[1])
     assert "paper" not in lpips[("ggl-adam", "none")]
     assert "STAND-IN" in pages["table3_html"]

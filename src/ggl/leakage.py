@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ggl.errors import GglError
 from ggl.settings import CONTROLS
 
 CONFIDENCE = 0.95
@@ -46,19 +45,20 @@ CONVENTIONS = {
 
 def reid_pool(labels: torch.Tensor, attacked: Sequence[int], per_class: int
               ) -> dict[int, list[int]]:
-    """Per class, the first ``per_class`` private indices of that class that no client sent."""
+    """Per class, the first ``per_class`` private indices of that class that no client sent
+    (fewer where the private split has fewer: ``short_classes`` names them)."""
     skip = set(attacked)
     pool: dict[int, list[int]] = {}
     for index, label in enumerate(labels.tolist()):
         members = pool.setdefault(int(label), [])
         if index not in skip and len(members) < per_class:
             members.append(index)
-    short = {c: len(m) for c, m in pool.items() if len(m) < per_class}
-    if short:
-        raise GglError(f"metrics.reid_pool: {per_class} images per class are asked for, but the "
-                       f"private split has fewer unattacked images of classes {short}; lower "
-                       f"metrics.reid_pool or raise data.private_size")
     return pool
+
+
+def short_classes(pool: dict[int, list[int]], per_class: int) -> dict[int, int]:
+    """Classes whose pool is smaller than asked: chance is then 1 / (its size + 1)."""
+    return {c: len(m) for c, m in pool.items() if len(m) < per_class}
 
 
 def reid_rank(reconstructions: torch.Tensor, truth: torch.Tensor, distractors: torch.Tensor

@@ -13,7 +13,8 @@ import torch
 
 from ggl.config import STRENGTH, Params
 from ggl.errors import MissingRunError
-from ggl.settings import GGL_OPTIMISERS
+from ggl.leakage import INTERVALS
+from ggl.settings import CONTROLS, GGL_OPTIMISERS
 
 
 def lpips_column(frame: pd.DataFrame) -> str:
@@ -78,12 +79,15 @@ def lpips_note(column: str) -> str:
     return "LPIPS: v0.1, VGG16 backbone"
 
 
-def tables(frame: pd.DataFrame, summary: pd.DataFrame) -> dict[str, str]:
-    """The tables' texts by file name: summary and Table 3 always, Table 2 (GGL attacks, by
-    method, without a defence) when the frame has it."""
+def tables(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFrame
+           ) -> dict[str, str]:
+    """The tables' texts by file name: leakage, summary and Table 3 always, Table 2 (GGL
+    attacks, by method, without a defence) when the frame has it."""
     lpips = lpips_column(frame)
     header = TABLE_HEADER.format(n=frame["image_id"].nunique(), lpips=lpips_note(lpips))
-    out = {"summary_csv": summary.to_csv(index=False)}
+    out = {"summary_csv": summary.to_csv(index=False),
+           "leakage_csv": leakage.to_csv(index=False),
+           "leakage_md": leakage_markdown(frame, leakage)}
     no_defence = summary[(summary["defence"] == "none")
                          & summary["attack"].isin(ggl_attacks(frame))]
     if len(no_defence):
@@ -102,44 +106,99 @@ def tables(frame: pd.DataFrame, summary: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def headline(frame: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
-    """Per defence, the best GGL attack and the best other attack (baseline) by mean PSNR
-    ([-1, 1] convention), with their mean LPIPS and SSIM; a side is NaN when params have no
-    attack of that kind."""
+LEAKAGE_KEYS = ("psnr_db_pm1_above_control", "psnr_db_pm1_above_control_low",
+                "psnr_db_pm1_above_control_high", "psnr_db_pm1_control", "reid_top1_ssim",
+                "reid_top1_ssim_low", "reid_top1_ssim_high", "reid_top1_chance", "verdict")
+
+
+def headline(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFrame) -> pd.DataFrame:
+    """Per defence, the best GGL attack, the best baseline (neither GGL nor a control) and the
+    best control by mean PSNR ([-1, 1] convention), with their mean LPIPS and SSIM and (from
+    ``leakage``, ``ggl.leakage.leakage_table``) their PSNR above the strongest control and
+    re-identification rate; a side is NaN when params have no attack of that kind."""
     lpips = lpips_column(frame)
     is_ggl = summary["attack"].isin(ggl_attacks(frame))
+    is_control = summary["attack"].isin(frame.loc[frame["method"].isin(CONTROLS), "attack"])
+    cells = leakage.set_index(["defence", "attack"])
     rows = []
     for defence in dict.fromkeys(summary["defence"]):
         row: dict[str, Any] = {"defence": defence}
-        for side, mask in (("ggl", is_ggl), ("baseline", ~is_ggl)):
+        for side, mask in (("ggl", is_ggl), ("baseline", ~is_ggl & ~is_control),
+                           ("control", is_control)):
             part = summary[mask & (summary["defence"] == defence)]
             best = part.loc[part["psnr_db_pm1_mean"].idxmax()] if len(part) else None
             row[f"{side}_attack"] = None if best is None else best["attack"]
             for metric in ("psnr_db_pm1", lpips, "ssim"):
                 key = "lpips" if metric == lpips else metric
                 row[f"{side}_{key}"] = math.nan if best is None else best[f"{metric}_mean"]
+            for key in LEAKAGE_KEYS:
+                row[f"{side}_{key}"] = (math.nan if best is None
+                                        else cells.loc[(defence, best["attack"]), key])
         row["margin_db"] = row["ggl_psnr_db_pm1"] - row["baseline_psnr_db_pm1"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def headline_metrics(frame: pd.DataFrame, summary: pd.DataFrame,
+def headline_metrics(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFrame,
                      quality: dict[str, Any] | None) -> dict[str, Any]:
     """``headline`` as the figures experiments are compared by (`dvc exp show`, `dvc metrics
     diff`, the reference check), with the generator's confidence ratio. The LPIPS key names its
     backbone (``lpips_vgg_stand_in``: random weights)."""
     lpips = lpips_column(frame)
     out: dict[str, Any] = {}
-    for row in headline(frame, summary).to_dict("records"):
+    for row in headline(frame, summary, leakage).to_dict("records"):
         out[row["defence"]] = {side: {
             "attack": row[f"{side}_attack"],
             "psnr_db_pm1": round(float(row[f"{side}_psnr_db_pm1"]), 3),
             lpips: round(float(row[f"{side}_lpips"]), 4),
             "ssim": round(float(row[f"{side}_ssim"]), 4),
-        } for side in ("ggl", "baseline") if row[f"{side}_attack"] is not None}
+            **{key: _rounded(row[f"{side}_{key}"]) for key in LEAKAGE_KEYS
+               if side != "control" and key != "verdict"},
+        } for side in ("ggl", "baseline", "control") if row[f"{side}_attack"] is not None}
     if quality is not None:
         out["generator"] = {"confidence_ratio": round(quality["confidence_ratio"], 4)}
     return out
+
+
+def _rounded(value: Any) -> Any:
+    """A JSON-safe headline value: numbers to 3 decimals, NaN as null, names as they are."""
+    if isinstance(value, str) or value is None:
+        return value
+    return None if pd.isna(value) else round(float(value), 3)
+
+
+LEAKAGE_HEADER = ("Leakage beyond what the attacker gets without the gradient, per defence and "
+                  "attack, over {n} private images. Above control: the attack's metric minus "
+                  "that of the strongest control (prior samples, the class-mean public image, "
+                  "the GGL attack on a noise gradient: the one with the best mean) on the same "
+                  "image; positive = more leakage (LPIPS: control minus attack). "
+                  "Re-identification: the true image ranked by SSIM among itself and other "
+                  "private images of the inferred class; top-1 rate against chance. "
+                  "{intervals}. PSNR in dB, [-1, 1] convention. {lpips}.\n\n")
+
+
+def leakage_markdown(frame: pd.DataFrame, leakage: pd.DataFrame) -> str:
+    """The leakage table as Markdown: one row per (defence, attack)."""
+    lpips = lpips_column(frame)
+
+    def interval(row: pd.Series, key: str) -> str:
+        return (f"{row[key]:.3g} [{row[key + '_low']:.3g}, {row[key + '_high']:.3g}]"
+                if pd.notna(row[key]) else "n/a")
+
+    table = pd.DataFrame({
+        "defence": leakage["defence"], "attack": leakage["attack"],
+        "PSNR above control (dB)": [interval(r, "psnr_db_pm1_above_control")
+                                    for _, r in leakage.iterrows()],
+        "strongest control": leakage["psnr_db_pm1_control"],
+        "SSIM above control": [interval(r, "ssim_above_control") for _, r in leakage.iterrows()],
+        "LPIPS above control": [interval(r, f"{lpips}_above_control")
+                                for _, r in leakage.iterrows()],
+        "re-identified (top-1)": [f"{interval(r, 'reid_top1_ssim')}, chance "
+                                  f"{r['reid_top1_chance']:.3g}" for _, r in leakage.iterrows()],
+        "verdict": leakage["verdict"]})
+    header = LEAKAGE_HEADER.format(n=frame["image_id"].nunique(), intervals=INTERVALS,
+                                   lpips=lpips_note(lpips))
+    return "# Leakage above control\n\n" + header + table.to_markdown(index=False) + "\n"
 
 
 # --- figures -----------------------------------------------------------------------------

@@ -9,9 +9,10 @@ from typing import Any
 
 import pandas as pd
 
+from ggl.leakage import INTERVALS
 from ggl.metrics import CONVENTIONS
 from ggl.paper import NOTES, paper_cell
-from ggl.report import ggl_attacks, headline, lpips_column, lpips_note, mean_std
+from ggl.report import LEAKAGE_HEADER, ggl_attacks, headline, lpips_column, lpips_note, mean_std
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.2em; color: #222; }
@@ -177,6 +178,34 @@ def _paper_conventions(experiment: str, frame: pd.DataFrame) -> list[str]:
     return out + ([NOTES[experiment]] if experiment in NOTES else [])
 
 
+def interval(row: Any, key: str, digits: int = 3) -> str:
+    """``mean [low, high]`` of ``key`` in ``row``, or n/a."""
+    if pd.isna(row[key]):
+        return "n/a"
+    return (f"{row[key]:.{digits}g} [{row[key + '_low']:.{digits}g}, "
+            f"{row[key + '_high']:.{digits}g}]")
+
+
+def leakage_page(frame: pd.DataFrame, leakage: pd.DataFrame, experiment: str) -> str:
+    """Every attack and control: its metrics above the strongest control with intervals, and
+    the re-identification rate and mean rank against chance."""
+    lpips = lpips_column(frame)
+    rows = [[esc(r["defence"]), esc(r["attack"]), interval(r, "psnr_db_pm1_above_control"),
+             interval(r, "ssim_above_control"), interval(r, f"{lpips}_above_control"),
+             esc(r["psnr_db_pm1_control"]),
+             f"{interval(r, 'reid_top1_ssim')} <small>chance {r['reid_top1_chance']:.3g}</small>",
+             f"{interval(r, 'reid_rank_ssim')} <small>chance {r['reid_rank_chance']:.3g}</small>",
+             esc(r["verdict"])]
+            for _, r in leakage.iterrows()]
+    body = table(["defence", "attack", "PSNR above control (dB)", "SSIM above control",
+                  f"{NAMES.get(lpips, lpips)} above control", "strongest control (PSNR)",
+                  "re-identified (top-1 rate)", "rank of the true image", "verdict"],
+                 rows, text_columns=(1, 5, 8))
+    intro = LEAKAGE_HEADER.format(n=frame["image_id"].nunique(), intervals=INTERVALS,
+                                  lpips=lpips_note(lpips))
+    return page(f"{experiment}: leakage above control", [intro.strip()], body)
+
+
 # --- the first page ------------------------------------------------------------------------
 
 def verdict(margin: float) -> str:
@@ -233,10 +262,39 @@ def quality_section(quality: dict[str, Any] | None, generator_kind: str) -> str:
             "images; fewer classes covered than there are shows mode collapse.</p>")
 
 
-def overview_page(frame: pd.DataFrame, summary: pd.DataFrame, experiment: str,
-                  quality: dict[str, Any] | None, generator_kind: str) -> str:
-    """The report's first page: GGL against the baselines per defence, and the generator."""
-    best = headline(frame, summary)
+def leakage_sentence(best: pd.DataFrame) -> str:
+    """Per defence, in words, whether the best GGL attack leaked beyond the controls."""
+    parts = []
+    for _, r in best.iterrows():
+        if r["ggl_attack"] is None or pd.isna(r["ggl_psnr_db_pm1_above_control"]):
+            continue
+        parts.append(f"{r['defence']}: {r['ggl_verdict']} ({r['ggl_attack']}, "
+                     f"{r['ggl_psnr_db_pm1_above_control']:+.2f} dB "
+                     f"[{r['ggl_psnr_db_pm1_above_control_low']:+.2f}, "
+                     f"{r['ggl_psnr_db_pm1_above_control_high']:+.2f}] above "
+                     f"{r['ggl_psnr_db_pm1_control']})")
+    if not parts:
+        return "No control ran: leakage beyond the prior was not measured."
+    return "Best GGL attack against the strongest control, by PSNR: " + "; ".join(parts) + "."
+
+
+def overview_page(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFrame,
+                  experiment: str, quality: dict[str, Any] | None, generator_kind: str) -> str:
+    """The report's first page: per defence, leakage above control of the best GGL attack and
+    the best baseline, then GGL against the baselines, and the generator."""
+    best = headline(frame, summary, leakage)
+    side_rows = [[esc(r["defence"]), esc(r[f"{side}_attack"] or "none"),
+                  interval(r, f"{side}_psnr_db_pm1_above_control")
+                  if r[f"{side}_attack"] else "n/a",
+                  esc(r[f"{side}_psnr_db_pm1_control"]) if r[f"{side}_attack"] else "",
+                  f"{interval(r, f'{side}_reid_top1_ssim')} <small>chance "
+                  f"{r[f'{side}_reid_top1_chance']:.3g}</small>" if r[f"{side}_attack"]
+                  else "n/a",
+                  esc(r[f"{side}_verdict"]) if r[f"{side}_attack"] else ""]
+                 for _, r in best.iterrows() for side in ("ggl", "baseline")]
+    leak = table(["defence", "attack (best GGL, then best baseline)",
+                  "PSNR above control (dB)", "strongest control", "re-identified (top-1)",
+                  "verdict"], side_rows, text_columns=(1, 3, 5))
     ggl = ggl_attacks(frame)
     paper = any(_paper_best_ggl(experiment, d, ggl) for d in best["defence"])
     rows = [[esc(r["defence"]),
@@ -251,27 +309,35 @@ def overview_page(frame: pd.DataFrame, summary: pd.DataFrame, experiment: str,
     groups = [("", 1), ("best GGL attack", 4), ("best baseline", 4), ("", 1),
               *([("the paper's best GGL", 1)] if paper else [])]
     grid = table(header, rows, text_columns=(1, 5, 9, 10), groups=groups)
-    body = (f"<p><strong>{esc(sentence(best))}</strong></p>"
-            + grid
+    body = (f"<h2>Leakage above control</h2><p><strong>{esc(leakage_sentence(best))}"
+            "</strong></p>" + leak
+            + f"<p>{esc(INTERVALS)}. Above control: the attack's PSNR minus that of the "
+              "strongest control (prior samples, the class-mean public image, GGL on a noise "
+              "gradient) on the same image. Re-identified: the true image ranked first by SSIM "
+              "among itself and other private images of its class. Every attack and control: "
+              "Leakage, under Tables.</p>"
+            + "<h2>GGL against the baselines</h2>"
+            + f"<p><strong>{esc(sentence(best))}</strong></p>" + grid
             + "<p>Best = highest mean PSNR ([-1, 1] convention, dB) over the private images; "
-              "higher PSNR and SSIM, lower LPIPS = more leakage. The full tables: Table 2, "
-              "Table 3 and the summary, under Tables.</p>"
-            + "<p>This compares attacks with one another. It is not yet a measure of leakage: "
-              "nothing here is set against what the attacker gets without the gradient (the "
-              "prior alone, the class mean), and a mean over this few images has no "
-              "interval.</p>"
+              "higher PSNR and SSIM, lower LPIPS = more leakage. This compares attacks with "
+              "one another at their own budgets, not with what the attacker gets without the "
+              "gradient (above). The full tables: Table 2, Table 3 and the summary, under "
+              "Tables.</p>"
             + "<h2>Generator</h2>" + quality_section(quality, generator_kind))
-    return page(f"{experiment}: does GGL leak more than the baselines?",
+    return page(f"{experiment}: how much does the gradient leak?",
                 conventions(frame)[:4] + _paper_conventions(experiment, frame), body)
 
 
-def html_pages(frame: pd.DataFrame, summary: pd.DataFrame, experiment: str,
-               quality: dict[str, Any] | None, generator_kind: str) -> dict[str, str]:
+def html_pages(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFrame,
+               experiment: str, quality: dict[str, Any] | None, generator_kind: str
+               ) -> dict[str, str]:
     """The HTML pages by the aggregate stage's file names; Table 2 only when the frame has GGL
     attacks without a defence."""
     out = {"table3_html": table3_page(frame, summary, experiment),
            "summary_html": summary_page(frame, summary, experiment),
-           "overview_html": overview_page(frame, summary, experiment, quality, generator_kind)}
+           "leakage_html": leakage_page(frame, leakage, experiment),
+           "overview_html": overview_page(frame, summary, leakage, experiment, quality,
+                                          generator_kind)}
     if ((summary["defence"] == "none") & summary["attack"].isin(ggl_attacks(frame))).any():
         out["table2_html"] = table2_page(frame, summary, experiment)
     return out

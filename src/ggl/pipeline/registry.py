@@ -328,6 +328,10 @@ STAGE_KINDS: list[StageKind] = [
         inputs=("metrics", "private", "reconstruction", "result", "curve", "quality"),
         outputs={"overview_html": File(f"{OUT}/tables/overview.html",
                                        report=("overview.rst", "Overview")),
+                 "leakage_csv": File(f"{OUT}/tables/leakage.csv", report=TABLE_CSV),
+                 "leakage_md": File(f"{OUT}/tables/leakage.md"),
+                 "leakage_html": File(f"{OUT}/tables/leakage.html",
+                                      report=("leakage.rst", "Tables")),
                  "summary_csv": File(f"{OUT}/tables/summary.csv", report=TABLE_CSV),
                  "summary_html": File(f"{OUT}/tables/summary.html",
                                       report=("summary.rst", "Tables")),
@@ -350,7 +354,7 @@ STAGE_KINDS: list[StageKind] = [
                  "convergence_csv": File(f"{OUT}/tables/convergence.csv", has_table2),
                  # a few headline figures per experiment: `dvc exp show`, `dvc metrics diff`
                  "headline": File(f"{OUT}/headline.json")},
-        params=("experiment", "defences", "attacks", "private_images"),
+        params=("experiment", "seed", "defences", "attacks", "private_images"),
         resources={"runtime": 30, "mem_mb": 8000},
     ),
 ]

@@ -8,6 +8,7 @@ import pandas as pd
 
 from ggl import io
 from ggl.data import load_part
+from ggl.leakage import leakage_table
 from ggl.pipeline.registry import METRIC_PLOTS, Stage
 from ggl.report import (
     check_complete,
@@ -22,6 +23,7 @@ from ggl.report import (
     tables,
 )
 from ggl.report_html import html_pages
+from ggl.runtime import derive_seed
 
 
 def run(stage: Stage, log: Logger) -> None:
@@ -29,19 +31,21 @@ def run(stage: Stage, log: Logger) -> None:
     frame = pd.read_csv(stage.input("metrics"))
     check_complete(frame, params)
     summary = summarise(frame)
+    leakage = leakage_table(frame, derive_seed(params.seed, "bootstrap"))
     lpips = lpips_column(frame)
     quality = io.read_json(stage.input("quality")) if stage.has("quality") else None
-    texts = {**tables(frame, summary), **html_pages(frame, summary, params.experiment, quality,
-                                                     params.generator.kind)}
+    texts = {**tables(frame, summary, leakage),
+             **html_pages(frame, summary, leakage, params.experiment, quality,
+                          params.generator.kind)}
     for name in stage.kind.outputs:
         if name in texts:
             io.write_text(stage.output(name), texts[name])
-    io.write_json(stage.output("headline"), headline_metrics(frame, summary, quality))
+    io.write_json(stage.output("headline"), headline_metrics(frame, summary, leakage, quality))
 
     images, _ = load_part(stage.input("private"))
     for index, image in zip(params.private_images, params.image_ids(), strict=True):
-        shown = {d: {a: io.load_torch(stage.input("reconstruction", defence=d, attack=a,
-                                                  image=image)) for a in params.attacks}
+        shown = {d: {a: _first(io.load_torch(stage.input("reconstruction", defence=d, attack=a,
+                                                         image=image))) for a in params.attacks}
                  for d in params.defences}
         io.save_figure(stage.output("grid", image=image), reconstruction_grid(
             images[index], shown, f"{params.experiment}: reconstructions of {image}"))
@@ -61,6 +65,11 @@ def run(stage: Stage, log: Logger) -> None:
              for attack, frames in curves.items()
              for image, curve in zip(params.image_ids(), frames, strict=True)]).to_csv(index=False))
     log.info("tables and figures of %d runs", len(frame))
+
+
+def _first(reconstruction):
+    """The image a grid shows: the first of the prior control's samples."""
+    return reconstruction[0] if reconstruction.dim() == 4 else reconstruction
 
 
 def _best_curve(stage: Stage, attack: str, image: str) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import pandas as pd
 from ggl import io
 from ggl.data import load_part
 from ggl.leakage import CONVENTIONS as LEAKAGE_CONVENTIONS
-from ggl.leakage import above_control, reid_pool, reid_rank
+from ggl.leakage import above_control, reid_pool, reid_rank, short_classes
 from ggl.metrics import CONVENTIONS, Lpips, evaluate
 from ggl.models import build_model
 from ggl.pipeline.registry import Stage
@@ -21,7 +21,11 @@ def run(stage: Stage, log: Logger) -> None:
     params = stage.params
     device = resolve_device(params.device)
     images, labels = load_part(stage.input("private"))
-    pool = reid_pool(labels, params.private_images, params.reid_pool)  # fails before compute
+    pool = reid_pool(labels, params.private_images, params.reid_pool)
+    if short := short_classes(pool, params.reid_pool):
+        log.warning("metrics.reid_pool: fewer than %d unattacked private images for classes "
+                    "%s (class: images); their rows rank among fewer (reid_candidates)",
+                    params.reid_pool, short)
     model = build_model(params.model, device)
     lpips_metric = Lpips(params.lpips_stand_in, device)
     rows = []
@@ -34,7 +38,7 @@ def run(stage: Stage, log: Logger) -> None:
         original = images[truth["private_index"]]
         values = evaluate(stack.to(device), original[None].expand_as(stack).to(device), model,
                           lpips_metric)
-        distractors = images[pool[result["inferred_label"]]]
+        distractors = images[pool.get(result["inferred_label"], [])]
         rank, top1 = reid_rank(stack, original, distractors)
         rows.append({
             "image_id": image, "private_index": truth["private_index"],
