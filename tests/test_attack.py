@@ -33,6 +33,7 @@ def received(tmp_path_factory):
     raw["attacks"]["ggl-bo"]["optimiser"].update(n_init=10, batch_size=5, n_candidates=100,
                                                  fit_maxiter=10)
     raw["attacks"]["ggl-adam"]["trials"] = 2
+    raw["attacks"]["noise-gradient"].update(trials=2, budget=12)  # repeats ggl-adam exactly
     params = Params.from_raw(raw)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
@@ -108,7 +109,9 @@ def test_the_attacker_never_gets_the_private_image(received):
             deps = stage.deps()
             assert not any("private" in d or d.endswith(".json") for d in deps), deps
             assert any(d.endswith("generator.pt") for d in deps)
-            assert set(stage.kind.inputs) == {"received", "generator", "biggan_weights"}
+            # the public split is public knowledge: the label-only control's class means
+            assert set(stage.kind.inputs) == {"received", "generator", "biggan_weights",
+                                              "public"}
     # DVC tracks the received gradients by folder: the clients' truth lies in another
     dvc_deps = dvc_stage(kind("attack"), trained, "params.yaml")["deps"]
     assert not any("private" in d or "truth" in d for d in dvc_deps), dvc_deps
@@ -123,3 +126,30 @@ def test_bad_attack_settings_name_the_key():
     cmaes = tiny_params()["attacks"]["ggl-cmaes"]
     with pytest.raises(ParamsError, match=r"attacks.x.budget"):
         attack_config({**cmaes, "budget": 2}, "attacks.x")
+
+
+def test_the_controls_use_no_gradient_content_beyond_what_they_claim(received):
+    """prior: samples of the inferred class; label-only: that class's public mean;
+    noise-gradient: noise with the received gradient's norms and zeros."""
+    from ggl.attack.controls import noise_like
+    from ggl.attack.run import prepare_attacker
+    from ggl.client import load_received
+    from ggl.data import load_part
+    from ggl.generators import build_generator
+
+    params, root = received
+    record = load_received(root / "results/tiny/gradients/sparsification/img0.pt")
+    public = load_part(root / "data/tiny/public.pt")
+    generator = build_generator(params, None, torch.device("cpu"))
+    attacker = prepare_attacker(record, generator, torch.device("cpu"), public=public)
+    mean = ATTACKS.get("label-only")(attacker, params.attacks["label-only"], 0).image
+    images, labels = public
+    assert torch.allclose(mean, images[labels == attacker.label].mean(0))
+    samples = ATTACKS.get("prior")(attacker, params.attacks["prior"], 0).image
+    assert samples.shape == (params.attacks["prior"].budget, 3, 32, 32)
+    noise = noise_like(attacker.received, torch.Generator().manual_seed(0))
+    for n, r in zip(noise, attacker.received, strict=True):
+        assert torch.equal(n == 0, r == 0)  # sparsification's zeros kept
+        assert torch.isclose(n.norm(), r.norm(), rtol=1e-4)
+        if r.count_nonzero() > 1:
+            assert not torch.allclose(n, r)

@@ -54,6 +54,16 @@ BAD = [
     ("private_images", [0, 999], ["private_images", "999", "private_size"]),
     ("data.public_size", 1700, ["data.public_size", "1797"]),
     ("attacks_typo", 1, ["attacks_typo"]),
+    ("metrics.reid_pool", 0, ["metrics.reid_pool", "minimum of 1"]),
+    # a control repeats its attack exactly, or it controls for nothing
+    ("attacks.noise-gradient.budget", 300, ["attacks.noise-gradient", "budget", "ggl-adam"]),
+    ("attacks.noise-gradient.optimiser.lr", 0.5, ["attacks.noise-gradient", "optimiser"]),
+    ("attacks.noise-gradient.of", "dlg", ["attacks.noise-gradient.of", "'dlg'", "ggl-cmaes"]),
+    ("attacks.noise-gradient.of", _DELETE, ["attacks.noise-gradient.of", "missing"]),
+    ("attacks.prior.of", "ggl-adam", ["attacks.prior.of", "only a noise-gradient"]),
+    ("attacks.prior.trials", 3, ["attacks.prior.trials", "one trial"]),
+    ("attacks.label-only.budget", 5, ["attacks.label-only.budget", "one image"]),
+    ("attacks.prior.objective", {"lr": 1}, ["attacks.prior.objective.lr", "unknown"]),
 ]
 
 

@@ -72,7 +72,8 @@ def project(tmp_path_factory) -> Path:
     raw = tiny_params()
     # a GGL attack under a name of the user's: tables and figures go by its method
     raw["attacks"] = {"ggl-adam": raw["attacks"]["ggl-adam"],
-                      "my-cmaes": raw["attacks"]["ggl-cmaes"], "idlg": raw["attacks"]["idlg"]}
+                      "my-cmaes": raw["attacks"]["ggl-cmaes"], "idlg": raw["attacks"]["idlg"],
+                      **{c: raw["attacks"][c] for c in ("prior", "label-only", "noise-gradient")}}
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     run(["ggl", "dvc-yaml"], root)
     run(["git", "init", "-q"], root)
