@@ -71,6 +71,13 @@ def test_each_attack_writes_its_outputs_within_budget(received, attack, tmp_path
         assert curve[0] == "trial,evaluations,best_loss"
         assert len({line.split(",")[0] for line in curve[1:]}) == cfg.trials
         assert result["defence_estimate"]["0.sparsification"]["rate"] >= 90
+        assert result["compute"] == pytest.approx(
+            result["evaluations"] * result["cost_per_evaluation"])
+        marks = torch.load(folder / "checkpoints.pt", weights_only=True)
+        assert marks["evaluations"][-1] <= cfg.budget
+        assert marks["images"].shape == (len(marks["evaluations"]), 3, 32, 32)
+        assert marks["compute"].tolist() == pytest.approx(
+            (marks["evaluations"] * result["cost_per_evaluation"]).tolist())
 
 
 def test_same_seed_same_reconstruction_bytes(received, tmp_path):

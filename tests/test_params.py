@@ -49,6 +49,8 @@ BAD = [
     ("data.image_size", _DELETE, ["data.image_size", "missing"]),
     ("device", "tpu", ["device", "'tpu'", "auto"]),
     ("scorer", "fast", ["scorer", "'fast'", "batched"]),
+    ("compute_budget", -1, ["compute_budget", "minimum of 0"]),
+    ("compute_budget", _DELETE, ["compute_budget", "missing"]),
     ("generator.conditional", "yes", ["generator.conditional", "boolean"]),
     ("experiment", "my run", ["experiment", "not a valid name"]),
     ("private_images", [0, 999], ["private_images", "999", "private_size"]),

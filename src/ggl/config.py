@@ -214,6 +214,7 @@ class Params:
     seed: int
     threads: int
     scorer: str  # how the objective scores a batch of candidates: auto | batched | loop
+    compute_budget: int  # model passes per trial for every attack; 0: each its own budget
     data: DataConfig
     private_images: tuple[int, ...]
     model: ModelConfig
@@ -229,7 +230,8 @@ class Params:
         validate(raw, source)
         data = DataConfig(**raw["data"])
         return cls(
-            **{key: raw[key] for key in ("experiment", "device", "seed", "threads", "scorer")},
+            **{key: raw[key] for key in ("experiment", "device", "seed", "threads", "scorer",
+                                         "compute_budget")},
             data=data,
             private_images=tuple(raw["private_images"]),
             model=ModelConfig(**raw["model"], num_classes=data.num_classes),

@@ -336,3 +336,48 @@ def convergence_plot(curves: dict[str, list[pd.DataFrame]], defence: str) -> Any
     ax.set_title(f"convergence under defence '{defence}'", fontsize=9)
     legend_outside(ax)
     return fig
+
+
+def quality_vs_compute_plot(frame: pd.DataFrame) -> Any:
+    """PSNR of the best-so-far reconstruction against compute, one panel per defence, one
+    colour per attack: per-image checkpoints as faint points, their mean over images as a line.
+    ``frame``: checkpoint rows (``ggl.quality_curve``). An attack of unknown compute (a control,
+    a plugin) is a dashed line at its mean final PSNR."""
+    from matplotlib.ticker import NullFormatter
+
+    plt = _plt()
+    defences = list(dict.fromkeys(frame["defence"]))
+    attacks = list(dict.fromkeys(frame["attack"]))
+    fig, axes = plt.subplots(1, len(defences), squeeze=False, sharey=True,
+                             figsize=(3.2 * len(defences) + 1.6, 3.4))
+    for ax, defence in zip(axes[0], defences, strict=True):
+        for colour, attack in enumerate(attacks):
+            rows = frame[(frame["defence"] == defence) & (frame["attack"] == attack)]
+            rows = rows[np.isfinite(rows["psnr_db_pm1"])]  # inf: an exact copy
+            if rows.empty:
+                continue
+            if rows["compute"].isna().all():
+                last = rows.groupby("image_id")["evaluations"].transform("max")
+                ax.axhline(rows.loc[rows["evaluations"] == last, "psnr_db_pm1"].mean(),
+                           color=f"C{colour}", ls="--", lw=1, label=attack)
+                continue
+            ax.scatter(rows["compute"], rows["psnr_db_pm1"], s=8, color=f"C{colour}",
+                       alpha=0.25, linewidths=0)
+            mean = rows.groupby("compute")["psnr_db_pm1"].mean()
+            ax.plot(mean.index, mean.to_numpy(), color=f"C{colour}", marker="o", ms=3, lw=1.2,
+                    label=attack)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^1 ... crowd the axis
+        ax.set_title(defence, fontsize=9)
+        ax.set_xlabel("compute (model passes, log scale)", fontsize=8)
+    axes[0][0].set_ylabel("PSNR (dB, [-1, 1] images, peak 1)", fontsize=8)
+    clamp_to_range(axes[0][0], "psnr_db_pm1")
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels(),
+                                                              strict=True)}
+    legend_outside(axes[0][-1], handles=list(handles.values()), labels=list(handles),
+                   title="attack (dashed: compute unknown)", title_fontsize=7)
+    fig.suptitle("best reconstruction so far against compute (line: mean over images, points: "
+                 "images)\none model pass = forward + backward of the federated model on one "
+                 "image", fontsize=8)
+    fig.tight_layout()
+    return fig

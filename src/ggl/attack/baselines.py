@@ -45,7 +45,7 @@ def pixel_attack(learn_label: bool):
         variables = [x, label_logits] if learn_label else [x]
         estimate = attacker.estimate if obj.adaptive else Estimate()
         distance = DISTANCES[obj.distance]
-        tracker = Tracker()
+        tracker = Tracker(budget=cfg.budget)
 
         def closure() -> torch.Tensor:
             optimiser.zero_grad()
@@ -80,6 +80,8 @@ def pixel_attack(learn_label: bool):
                 with torch.no_grad():
                     x.clamp_(-1, 1)
         return Trial(tracker.best_z.clamp(-1, 1).cpu(), tracker.best_loss, tracker.evaluations,
-                     tracker.curve, info={"iterations": iterations})
+                     tracker.curve, info={"iterations": iterations},
+                     checkpoints=[(e, point.clamp(-1, 1).cpu())
+                                  for e, point in tracker.final_checkpoints()])
 
     return attack

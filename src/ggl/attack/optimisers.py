@@ -51,18 +51,30 @@ class OptimiseResult:
     curve: list[tuple[int, float]] = field(default_factory=list)  # after every objective call
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)  # e.g. generations, restarts
+    # (evaluations, best point so far) at checkpoint_counts(budget); the last is best_z
+    checkpoints: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+
+
+def checkpoint_counts(budget: int) -> list[int]:
+    """Evaluation counts at which the best point so far is kept: budget * 2^-k, k = 5..0,
+    rounded up, at least 1, without repeats."""
+    return sorted({max(1, math.ceil(budget / 2**k)) for k in range(6)})
 
 
 class Tracker:
-    """Best point ever evaluated, evaluation count and loss curve, updated after every call."""
+    """Best point ever evaluated, evaluation count and loss curve, updated after every call;
+    with a ``budget``, a copy of the best point when the count first reaches each of
+    ``checkpoint_counts(budget)`` (recorded at the count reached: a batch may pass several)."""
 
-    def __init__(self, progress: Progress | None = None) -> None:
+    def __init__(self, progress: Progress | None = None, budget: int = 0) -> None:
         self.best_z: torch.Tensor | None = None
         self.best_loss = math.inf
         self.evaluations = 0
         self.curve: list[tuple[int, float]] = []
         self.progress = progress
         self.start = time.perf_counter()
+        self.pending = checkpoint_counts(budget) if budget else []
+        self.checkpoints: list[tuple[int, torch.Tensor]] = []
 
     def record(self, z: torch.Tensor, losses: torch.Tensor) -> None:
         losses = losses.detach().double().cpu().view(-1)
@@ -73,14 +85,25 @@ class Tracker:
         if float(losses[i]) < self.best_loss:
             self.best_loss, self.best_z = float(losses[i]), z[i].detach().clone()
         self.curve.append((self.evaluations, self.best_loss))
+        reached = [c for c in self.pending if c <= self.evaluations]
+        if reached and self.best_z is not None:
+            self.pending = self.pending[len(reached):]
+            self.checkpoints.append((self.evaluations, self.best_z.clone()))
         if self.progress is not None:
             self.progress(self.evaluations, self.best_loss)
+
+    def final_checkpoints(self) -> list[tuple[int, torch.Tensor]]:
+        """The checkpoints, ending with the final best point at the final count."""
+        if self.best_z is None or (self.checkpoints
+                                   and self.checkpoints[-1][0] == self.evaluations):
+            return self.checkpoints
+        return [*self.checkpoints, (self.evaluations, self.best_z.clone())]
 
     def result(self, **info: Any) -> OptimiseResult:
         if self.best_z is None:  # every loss NaN, or no evaluation at all
             raise RuntimeError(f"no finite loss in {self.evaluations} evaluations")
         return OptimiseResult(self.best_z, self.best_loss, self.evaluations, self.curve,
-                              time.perf_counter() - self.start, info)
+                              time.perf_counter() - self.start, info, self.final_checkpoints())
 
 
 # --- Adam --------------------------------------------------------------------------------
@@ -111,7 +134,7 @@ def run_adam(objective: Objective, dim: int, budget: int, cfg: AdamConfig, seed:
              device: torch.device, progress: Progress | None = None) -> OptimiseResult:
     """Adam on the objective's gradient at batch 1: one step = one evaluation. The loss is
     that of z before the step, so the point recorded is the point scored."""
-    tracker = Tracker(progress)
+    tracker = Tracker(progress, budget)
     gen = torch.Generator().manual_seed(derive_seed(seed, "adam-start"))
     z0 = torch.randn(1, dim, generator=gen, dtype=torch.float32) * cfg.init_std
     z = z0.to(device).requires_grad_(True)
@@ -138,7 +161,7 @@ def run_ask_tell(cls: type[CMAES | Turbo], objective: Objective, dim: int, budge
                  progress: Progress | None = None) -> OptimiseResult:
     """Score ``cls(dim, cfg, seed)``'s proposals, one objective call each, to ``budget``."""
     opt = cls(dim, cfg, seed)
-    tracker = Tracker(progress)
+    tracker = Tracker(progress, budget)
     while tracker.evaluations < budget:
         z = opt.ask(budget - tracker.evaluations).to(device, torch.float32)
         if not 0 < len(z) <= budget - tracker.evaluations:

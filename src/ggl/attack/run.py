@@ -8,9 +8,10 @@ An attack is a function ``(attacker, cfg, seed) -> Trial`` (``ggl.attack.ATTACKS
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -18,8 +19,9 @@ import torch
 from torch import nn
 
 from ggl import io
+from ggl.attack.compute import UNIT, budget_for, cost_per_evaluation, is_differentiable
 from ggl.attack.labels import infer_label
-from ggl.attack.objective import Objective
+from ggl.attack.objective import DISTANCES, Objective
 from ggl.attack.optimisers import minimise
 from ggl.client import steps_from_record
 from ggl.config import DefenceStep, ModelConfig
@@ -58,9 +60,13 @@ class Trial:
     curve: list[tuple[int, float]]  # (evaluations so far, best loss so far)
     latent: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)  # the optimiser's, e.g. restarts
+    # (evaluations, best image so far (3, H, W)) at checkpoints of the run; the last = image
+    checkpoints: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
 
 AttackFn = Callable[[Attacker, AttackConfig, int], Trial]
+NO_COST = ("; unknown for this method (a plugin or a control): compute is null, and its own "
+           "budget in evaluations applies even under compute_budget")
 
 
 def ggl_objective(attacker: Attacker, cfg: AttackConfig) -> Objective:
@@ -80,11 +86,14 @@ def ggl_attack(optimiser: str) -> AttackFn:
         result = minimise(optimiser, objective, dim=attacker.generator.latent_dim,
                           budget=cfg.budget, config=cfg.optimiser, seed=seed,
                           device=attacker.device)
+        # One generator call decodes every checkpoint; the last is the best point
+        z = torch.stack([point for _, point in result.checkpoints]).to(attacker.device)
         with torch.no_grad():
-            z = result.best_z.to(attacker.device)[None]
-            image = objective.images(z)[0]
-        return Trial(image.cpu(), result.best_loss, result.evaluations, result.curve,
-                     latent=objective.latent(z)[0].cpu(), info=result.info)
+            images = objective.images(z).cpu()
+        return Trial(images[-1], result.best_loss, result.evaluations, result.curve,
+                     latent=objective.latent(z[-1:])[0].cpu(), info=result.info,
+                     checkpoints=[(e, image) for (e, _), image in
+                                  zip(result.checkpoints, images, strict=True)])
 
     return attack
 
@@ -110,15 +119,46 @@ def prepare_attacker(record: dict[str, Any], generator: Any | None, device: torc
                     device, scorer, public)
 
 
-def run_attack(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed: int
-               ) -> tuple[Trial, list[Trial], dict[str, Any]]:
-    """Every trial on one update: the best, all of them, and what result.json records."""
+_COSTS: dict[tuple[str, ...], float] = {}  # measured costs of this process's attacks
+
+
+def evaluation_cost(attacker: Attacker, cfg: AttackConfig) -> float | None:
+    """Model passes per evaluation of this attack (``ggl.attack.compute``); None: unknown.
+    Measured once per model architecture, image size, objective and defence, on which alone
+    the count depends (a count at the default's width takes ~0.25 s, the first ~1.5 s more)."""
+    if cfg.method in ("prior", "label-only"):
+        return 0.0  # the generator or the public split alone: no pass of the model
+    differentiable = is_differentiable(cfg)
+    if differentiable is None:
+        return None
+    key = tuple(map(repr, (attacker.model, attacker.image_shape, cfg.objective,
+                           attacker.steps, differentiable)))
+    if key not in _COSTS:
+        estimate = attacker.estimate if cfg.objective.adaptive else Estimate()
+        distance = DISTANCES[cfg.objective.distance]
+        _COSTS[key] = cost_per_evaluation(
+            attacker.model, attacker.image_shape, attacker.label,
+            lambda grads: distance(estimate.apply(grads), attacker.received), differentiable)
+    return _COSTS[key]
+
+
+def run_attack(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed: int,
+               compute_budget: int = 0) -> tuple[Trial, list[Trial], dict[str, Any]]:
+    """Every trial on one update: the best, all of them, and what result.json records.
+    ``compute_budget`` > 0 replaces the budget by that many model passes per trial."""
     start = time.perf_counter()
+    cost = evaluation_cost(attacker, cfg)
+    cfg = replace(cfg, budget=budget_for(cfg, compute_budget, cost))
     best, trials = best_of_trials(attack, attacker, cfg, seed)
+    evaluations = sum(t.evaluations for t in trials)
     return best, trials, {
         "method": cfg.method, "inferred_label": attacker.label, "loss": best.loss,
-        "evaluations": sum(t.evaluations for t in trials),
+        "evaluations": evaluations,
         "budget_units": "objective evaluations (one candidate image scored)",
+        "budget": cfg.budget, "compute_budget": compute_budget,
+        "compute": None if cost is None else evaluations * cost,
+        "compute_unit": UNIT if cost is not None else UNIT + NO_COST,
+        "cost_per_evaluation": cost,
         "seconds": time.perf_counter() - start, "trials": len(trials),
         "best_trial": trials.index(best),  # Trial compares by identity
         "trial_losses": [t.loss for t in trials], "trial_info": [t.info for t in trials],
@@ -131,6 +171,19 @@ def curve_csv(trials: list[Trial]) -> str:
     return io.csv_text(["trial", "evaluations", "best_loss"],
                        ([t, e, f"{loss:.8g}"] for t, trial in enumerate(trials)
                         for e, loss in trial.curve))
+
+
+def checkpoints_record(trial: Trial, cost: float | None) -> dict[str, torch.Tensor]:
+    """checkpoints.pt: a trial's best-so-far images (k, 3, H, W) at its checkpoints, their
+    evaluations within the trial and compute in model passes (NaN when the cost is unknown).
+    A trial without checkpoints (a control) gives its final image, or each image of its
+    stack, at its evaluations."""
+    marks = trial.checkpoints or [(trial.evaluations, image)
+                                  for image in trial.image.reshape(-1, *trial.image.shape[-3:])]
+    evaluations = torch.tensor([e for e, _ in marks], dtype=torch.long)
+    return {"evaluations": evaluations,
+            "compute": evaluations.float() * (math.nan if cost is None else cost),
+            "images": torch.stack([image for _, image in marks])}
 
 
 def _summarise(values: dict[str, Any]) -> dict[str, Any]:

@@ -304,9 +304,10 @@ STAGE_KINDS: list[StageKind] = [
                  "reconstruction_png": File(f"{RUN}/reconstruction.png"),
                  "latent": File(f"{RUN}/latent.pt"),
                  "curve": File(f"{RUN}/curve.csv"),
+                 "checkpoints": File(f"{RUN}/checkpoints.pt"),
                  "result": File(f"{RUN}/result.json")},
-        params=("experiment", "seed", "scorer", "data.image_size", "data.num_classes",
-                "generator", "attacks.{attack}"),
+        params=("experiment", "seed", "scorer", "compute_budget", "data.image_size",
+                "data.num_classes", "generator", "attacks.{attack}"),
         # all images of one (defence, attack); IG/GI at 224x224: 4 x 24,000 double-backward
         # steps an image
         resources={**RESOURCES_GPU, "runtime": 1440, "mem_mb": 32000},

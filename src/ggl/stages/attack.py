@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ggl import io
 from ggl.attack import ATTACKS
-from ggl.attack.run import curve_csv, prepare_attacker, run_attack
+from ggl.attack.run import checkpoints_record, curve_csv, prepare_attacker, run_attack
 from ggl.client import load_received
 from ggl.data import load_part
 from ggl.generators import build_generator
@@ -35,12 +35,15 @@ def run(stage: Stage, log: Logger) -> None:
         # Common random numbers: the same attack starts alike under every defence, and a
         # noise-gradient control like the attack it repeats.
         seed = derive_seed(params.seed, "attack", cfg.of or attack, image)
-        best, trials, result = run_attack(ATTACKS.get(cfg.method), attacker, cfg, seed)
+        best, trials, result = run_attack(ATTACKS.get(cfg.method), attacker, cfg, seed,
+                                          params.compute_budget)
         io.save_torch(stage.output("reconstruction", image=image), best.image)
         io.save_image(stage.output("reconstruction_png", image=image), best.image)
         latent = best.latent if best.latent is not None else torch.zeros(0)
         io.save_torch(stage.output("latent", image=image), latent)
         io.write_text(stage.output("curve", image=image), curve_csv(trials))
+        io.save_torch(stage.output("checkpoints", image=image),
+                      checkpoints_record(best, result["cost_per_evaluation"]))
         io.write_json(stage.output("result", image=image), {
             "image_id": image, "defence": defence, "attack": attack, "generator": prior,
             **result})
