@@ -114,6 +114,9 @@ CONVENTIONS = {
              "not comparable with published LPIPS",
     "mse_r": "MSE between the federated model's penultimate (fc input) features",
     "evaluations": "objective evaluations spent, all trials together (one candidate scored)",
+    "compute": "model passes spent, all trials together: one forward and backward pass of the "
+               "federated model on one image; a double-backprop evaluation counts its measured "
+               "FLOP ratio (ggl.attack.compute); 0 for controls that use no model pass",
     "seconds": "wall seconds of the attack on this image, all trials together",
 }
 

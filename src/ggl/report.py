@@ -195,7 +195,9 @@ def leakage_markdown(frame: pd.DataFrame, leakage: pd.DataFrame) -> str:
                                 for _, r in leakage.iterrows()],
         "re-identified (top-1)": [f"{interval(r, 'reid_top1_ssim')}, chance "
                                   f"{r['reid_top1_chance']:.3g}" for _, r in leakage.iterrows()],
-        "verdict": leakage["verdict"]})
+        "verdict": leakage["verdict"],
+        "at its budget": ["still improving" if r.get("still_improving") is True else ""
+                          for _, r in leakage.iterrows()]})
     header = LEAKAGE_HEADER.format(n=frame["image_id"].nunique(), intervals=INTERVALS,
                                    lpips=lpips_note(lpips))
     return "# Leakage above control\n\n" + header + table.to_markdown(index=False) + "\n"
@@ -341,8 +343,9 @@ def convergence_plot(curves: dict[str, list[pd.DataFrame]], defence: str) -> Any
 def quality_vs_compute_plot(frame: pd.DataFrame) -> Any:
     """PSNR of the best-so-far reconstruction against compute, one panel per defence, one
     colour per attack: per-image checkpoints as faint points, their mean over images as a line.
-    ``frame``: checkpoint rows (``ggl.quality_curve``). An attack of unknown compute (a control,
-    a plugin) is a dashed line at its mean final PSNR."""
+    ``frame``: checkpoint rows (``ggl.quality_curve``). An attack that uses no model pass (the
+    prior and label-only controls) or of unknown compute (a plugin) is a dashed line at its
+    mean final PSNR."""
     from matplotlib.ticker import NullFormatter
 
     plt = _plt()
@@ -356,7 +359,7 @@ def quality_vs_compute_plot(frame: pd.DataFrame) -> Any:
             rows = rows[np.isfinite(rows["psnr_db_pm1"])]  # inf: an exact copy
             if rows.empty:
                 continue
-            if rows["compute"].isna().all():
+            if rows["compute"].isna().all() or (rows["compute"] == 0).all():
                 last = rows.groupby("image_id")["evaluations"].transform("max")
                 ax.axhline(rows.loc[rows["evaluations"] == last, "psnr_db_pm1"].mean(),
                            color=f"C{colour}", ls="--", lw=1, label=attack)
@@ -375,7 +378,7 @@ def quality_vs_compute_plot(frame: pd.DataFrame) -> Any:
     handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels(),
                                                               strict=True)}
     legend_outside(axes[0][-1], handles=list(handles.values()), labels=list(handles),
-                   title="attack (dashed: compute unknown)", title_fontsize=7)
+                   title="attack (dashed: no model pass\nor compute unknown)", title_fontsize=7)
     fig.suptitle("best reconstruction so far against compute (line: mean over images, points: "
                  "images)\none model pass = forward + backward of the federated model on one "
                  "image", fontsize=8)

@@ -186,6 +186,16 @@ def interval(row: Any, key: str, digits: int = 3) -> str:
             f"{row[key + '_high']:.{digits}g}]")
 
 
+def _improving(row: Any) -> str:
+    """Whether the attack was still improving when its budget ran out (its quality curve)."""
+    gain = row.get("gain_db")
+    if gain is None or pd.isna(gain):
+        return ""
+    if row.get("still_improving"):
+        return f'<span class="no">still improving (+{gain:.2f} dB over the last doubling)</span>'
+    return f"converged ({gain:+.2f} dB over the last doubling)"
+
+
 def leakage_page(frame: pd.DataFrame, leakage: pd.DataFrame, experiment: str) -> str:
     """Every attack and control: its metrics above the strongest control with intervals, and
     the re-identification rate and mean rank against chance."""
@@ -195,12 +205,13 @@ def leakage_page(frame: pd.DataFrame, leakage: pd.DataFrame, experiment: str) ->
              esc(r["psnr_db_pm1_control"]),
              f"{interval(r, 'reid_top1_ssim')} <small>chance {r['reid_top1_chance']:.3g}</small>",
              f"{interval(r, 'reid_rank_ssim')} <small>chance {r['reid_rank_chance']:.3g}</small>",
-             esc(r["verdict"])]
+             esc(r["verdict"]), number(r["compute"]), _improving(r)]
             for _, r in leakage.iterrows()]
     body = table(["defence", "attack", "PSNR above control (dB)", "SSIM above control",
                   f"{NAMES.get(lpips, lpips)} above control", "strongest control (PSNR)",
-                  "re-identified (top-1 rate)", "rank of the true image", "verdict"],
-                 rows, text_columns=(1, 5, 8))
+                  "re-identified (top-1 rate)", "rank of the true image", "verdict",
+                  "model passes per image", "at the end of its budget"],
+                 rows, text_columns=(1, 5, 8, 10))
     intro = LEAKAGE_HEADER.format(n=frame["image_id"].nunique(), intervals=INTERVALS,
                                   lpips=lpips_note(lpips))
     return page(f"{experiment}: leakage above control", [intro.strip()], body)

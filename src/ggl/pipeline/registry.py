@@ -316,9 +316,11 @@ STAGE_KINDS: list[StageKind] = [
         name="metrics",
         summary="join each reconstruction with its private image: MSE-I, PSNR, SSIM, LPIPS, "
                 "MSE-R",
-        inputs=("reconstruction", "result", "truth", "private"),
+        inputs=("reconstruction", "result", "checkpoints", "truth", "private"),
         outputs={"metrics": File(f"{OUT}/metrics.csv"),
-                 "metrics_conventions": File(f"{OUT}/metrics_conventions.json")},
+                 "metrics_conventions": File(f"{OUT}/metrics_conventions.json"),
+                 # each run's best-so-far image at its checkpoints against the truth
+                 "quality_curves": File(f"{OUT}/quality_vs_compute.csv")},
         params=("experiment", "model", "data.num_classes", "metrics", "private_images"),
         # LPIPS (VGG16) of every reconstruction, on the CPU
         resources={"runtime": 120, "mem_mb": 16000},
@@ -326,7 +328,8 @@ STAGE_KINDS: list[StageKind] = [
     StageKind(
         name="aggregate",
         summary="the paper's tables and figures from metrics.csv",
-        inputs=("metrics", "private", "reconstruction", "result", "curve", "quality"),
+        inputs=("metrics", "quality_curves", "private", "reconstruction", "result", "curve",
+                "quality"),
         outputs={"overview_html": File(f"{OUT}/tables/overview.html",
                                        report=("overview.rst", "Overview")),
                  "leakage_csv": File(f"{OUT}/tables/leakage.csv", report=TABLE_CSV),
@@ -350,6 +353,8 @@ STAGE_KINDS: list[StageKind] = [
                                      report=("metric.rst", "Metrics")),
                  "sweep_plot": File(f"{OUT}/figures/sweep_{{sweep}}.png",
                                     report=("sweep.rst", "Defence strength")),
+                 "quality_vs_compute": File(f"{OUT}/figures/quality_vs_compute.png",
+                                            report=("quality_vs_compute.rst", "Compute")),
                  "convergence": File(f"{OUT}/figures/convergence.png", has_table2,
                                      ("convergence.rst", "Convergence")),
                  "convergence_csv": File(f"{OUT}/tables/convergence.csv", has_table2),

@@ -10,6 +10,7 @@ from ggl import io
 from ggl.data import load_part
 from ggl.leakage import leakage_table
 from ggl.pipeline.registry import METRIC_PLOTS, Stage
+from ggl.quality_curve import still_improving
 from ggl.report import (
     check_complete,
     convergence_plot,
@@ -17,6 +18,7 @@ from ggl.report import (
     headline_metrics,
     lpips_column,
     metric_plot,
+    quality_vs_compute_plot,
     reconstruction_grid,
     summarise,
     sweep_plot,
@@ -31,7 +33,9 @@ def run(stage: Stage, log: Logger) -> None:
     frame = pd.read_csv(stage.input("metrics"))
     check_complete(frame, params)
     summary = summarise(frame)
-    leakage = leakage_table(frame, derive_seed(params.seed, "bootstrap"))
+    curves = pd.read_csv(stage.input("quality_curves"))
+    leakage = leakage_table(frame, derive_seed(params.seed, "bootstrap")).merge(
+        still_improving(curves), on=["defence", "attack"], how="left")
     lpips = lpips_column(frame)
     quality = io.read_json(stage.input("quality")) if stage.has("quality") else None
     texts = {**tables(frame, summary, leakage),
@@ -49,6 +53,7 @@ def run(stage: Stage, log: Logger) -> None:
                  for d in params.defences}
         io.save_figure(stage.output("grid", image=image), reconstruction_grid(
             images[index], shown, f"{params.experiment}: reconstructions of {image}"))
+    io.save_figure(stage.output("quality_vs_compute"), quality_vs_compute_plot(curves))
     for metric in METRIC_PLOTS:
         column = lpips if metric == "lpips" else metric
         io.save_figure(stage.output("metric_plot", metric=metric), metric_plot(frame, column))

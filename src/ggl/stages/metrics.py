@@ -14,6 +14,7 @@ from ggl.leakage import above_control, reid_pool, reid_rank, short_classes
 from ggl.metrics import CONVENTIONS, Lpips, evaluate
 from ggl.models import build_model
 from ggl.pipeline.registry import Stage
+from ggl.quality_curve import checkpoint_quality
 from ggl.runtime import resolve_device
 
 
@@ -28,7 +29,7 @@ def run(stage: Stage, log: Logger) -> None:
                     params.reid_pool, short)
     model = build_model(params.model, device)
     lpips_metric = Lpips(params.lpips_stand_in, device)
-    rows = []
+    rows, curves = [], []
     for defence, attack, image in params.runs():
         run_files = {"defence": defence, "attack": attack, "image": image}
         result = io.read_json(stage.input("result", **run_files))
@@ -40,6 +41,9 @@ def run(stage: Stage, log: Logger) -> None:
                           lpips_metric)
         distractors = images[pool.get(result["inferred_label"], [])]
         rank, top1 = reid_rank(stack, original, distractors)
+        curves += [{"defence": defence, "attack": attack, "image_id": image, **row}
+                   for row in checkpoint_quality(
+                       io.load_torch(stage.input("checkpoints", **run_files)), original)]
         rows.append({
             "image_id": image, "private_index": truth["private_index"],
             "defence": defence, "attack": attack, "method": result["method"],
@@ -48,11 +52,13 @@ def run(stage: Stage, log: Logger) -> None:
             "reid_candidates": len(distractors) + 1,
             "label_true": truth["true_label"], "label_inferred": result["inferred_label"],
             "label_correct": truth["true_label"] == result["inferred_label"],
-            "evaluations": result["evaluations"], "seconds": result["seconds"],
+            "evaluations": result["evaluations"], "compute": result.get("compute"),
+            "seconds": result["seconds"],
             "loss": result["loss"],
             "generator_stand_in": (result.get("generator") or {}).get("stand_in"),
         })
     frame = above_control(pd.DataFrame(rows))
     io.write_text(stage.output("metrics"), frame.to_csv(index=False))
     io.write_json(stage.output("metrics_conventions"), {**CONVENTIONS, **LEAKAGE_CONVENTIONS})
+    io.write_text(stage.output("quality_curves"), pd.DataFrame(curves).to_csv(index=False))
     log.info("%d rows -> %s", len(rows), stage.output("metrics"))
