@@ -4,7 +4,6 @@ it), what result.json records, equal compute from params, checkpoints and qualit
 from __future__ import annotations
 
 import math
-import statistics
 import time
 
 import pandas as pd
@@ -78,23 +77,28 @@ def test_a_scored_evaluation_is_the_unit_and_a_differentiable_one_costs_more(att
     assert is_differentiable(plugin) is None
 
 
-def _median_seconds(fn, repeats: int, warmup: int) -> float:
+def _time_ratio(slow, fast, repeats: int = 40, warmup: int = 10) -> float:
+    """Ratio of the two functions' fastest times, measured interleaved: a burst of load from
+    another process then slows both alike, and the minimum is the least disturbed figure."""
     for _ in range(warmup):
-        fn()
-    times = []
+        slow()
+        fast()
+    times: dict[object, list[float]] = {slow: [], fast: []}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn in (slow, fast):
+            start = time.perf_counter()
+            fn()
+            times[fn].append(time.perf_counter() - start)
+    return min(times[slow]) / min(times[fast])
 
 
 def test_the_flop_ratio_agrees_with_wall_time_on_the_tiny_model():
     """An Adam step of GGL with double backprop (generator + model, at batch 1, as
     ``run_adam``) against one scored evaluation (as CMA-ES makes it), one thread. Measured
     here (benchmarks/README.md): R = 3.04 by FLOPs; time ratios 3.05-3.15 over 5 runs at
-    width 4 (3.17-3.33 at width 16). Tolerance: the time ratio within 25 % of R, several times
-    the spread measured, for a machine shared with other jobs."""
+    width 4 (3.17-3.33 at width 16); this test's fastest-of-interleaved ratio 3.06-3.35 over 5
+    runs. Tolerance: the time ratio within 25 % of R, several times the spread measured, for a
+    machine shared with other jobs (a median once gave 2.15 under a burst of load)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -118,7 +122,7 @@ def test_the_flop_ratio_agrees_with_wall_time_on_the_tiny_model():
             objective(z).sum().backward()
             opt.step()
 
-        ratio = (_median_seconds(adam_step, 40, 10) / _median_seconds(scored, 40, 10))
+        ratio = _time_ratio(adam_step, scored)
         attacker = Attacker(received, (), model, fc_weight_index(model), 3, SHAPE, None,
                             torch.device("cpu"))
         r = evaluation_cost(attacker, cfg("ggl-adam", 10))
