@@ -34,6 +34,7 @@ def tiny_params(**overrides) -> dict:
     raw["data"]["public_size"] = 200
     raw["data"]["private_size"] = 40
     raw["metrics"]["reid_pool"] = 1
+    raw["compute_budget"] = 0  # the tiny budgets below, not the default's equal compute
     raw["defences"] = {
         "none": [],
         "noise": [{"kind": "noise", "sigma": 0.01}],

@@ -22,6 +22,7 @@ from conftest import REPO, assert_tracks, tiny_params
 
 from ggl.config import Params, load_params
 from ggl.pipeline.registry import STAGE_KINDS, all_stages, dvc_yaml
+from ggl.settings import CONTROLS
 
 EXPERIMENTS = REPO / "workflow" / "experiments"
 EXPERIMENT_FILES = sorted(EXPERIMENTS.glob("*.yaml"))
@@ -88,7 +89,8 @@ def test_paper_experiments_use_the_papers_settings(name):
         "sparsification": [("sparsification", {"rate": 90.0})],
         "soteria": [("soteria", {"rate": 80.0})],
     }
-    budgets = {a: (c.method, c.trials, c.budget) for a, c in params.attacks.items()}
+    budgets = {a: (c.method, c.trials, c.budget) for a, c in params.attacks.items()
+               if c.method not in CONTROLS}
     lbfgs, adam = (1200, 24000) if big else (300, 8000)
     assert budgets == {
         "ggl-adam": ("ggl-adam", 1, 2500),
@@ -98,6 +100,12 @@ def test_paper_experiments_use_the_papers_settings(name):
         "ig": ("ig", 4, adam), "gi": ("gi", 4, adam),
     }
     assert params.attacks["ggl-cmaes"].optimiser.popsize == 50
+    # the controls: GGL-Adam on a noise gradient, prior samples, the class mean (needs a
+    # public split: ImageNet's prior is BigGAN, it has none)
+    controls = {c.method: c for c in params.attacks.values() if c.method in CONTROLS}
+    assert set(controls) == {"prior", "noise-gradient"} | (set() if big else {"label-only"})
+    assert controls["noise-gradient"].of == "ggl-adam" and params.compute_budget == 0
+    assert len(params.private_images) >= 50
     for attack in ("ggl-adam", "ggl-cmaes", "ggl-bo"):
         objective = params.attacks[attack].objective
         assert (objective.distance, objective.regulariser, objective.reg_weight) == (
@@ -134,10 +142,11 @@ def test_small_experiments_share_celeba32s_data_and_generator(name):
 def test_table1_ablation_covers_both_distances_and_regularisers():
     params = load_params(EXPERIMENTS / "celeba32-table1.yaml")
     assert list(params.defences) == ["none"]
-    combos = {(c.objective.distance, c.objective.regulariser) for c in params.attacks.values()}
+    attacks = [c for c in params.attacks.values() if c.method not in CONTROLS]
+    combos = {(c.objective.distance, c.objective.regulariser) for c in attacks}
     assert combos == {("l2-mean", "kl"), ("cosine", "kl"), ("l2-mean", "norm"),
                       ("cosine", "norm")}
-    assert {(c.method, c.budget) for c in params.attacks.values()} == {("ggl-adam", 2500)}
+    assert {(c.method, c.budget) for c in attacks} == {("ggl-adam", 2500)}
 
 
 def test_soteria_sweep_goes_from_0_to_80_percent():
@@ -196,8 +205,10 @@ def test_slurm_dry_run_plans_the_jobs_params_imply(workflow_copy, path):
     total = int(re.search(r"^total\s+(\d+)$", out.stdout, re.M).group(1))
     assert jobs == expected_jobs(params) == registry_jobs(params), out.stdout
     assert total == sum(jobs.values())
-    if path.stem in PAPER_EXPERIMENTS:  # 5 defences x 7 attacks = 35 attack jobs each
-        assert jobs["attack"] == 35 and total == (46 if path.stem == "celeba32" else 45)
+    if path.stem in PAPER_EXPERIMENTS:  # 5 defences x (7 attacks + its controls) attack jobs
+        controls = 3 if path.stem == "celeba32" else 2  # ImageNet: no public split, no class mean
+        assert jobs["attack"] == 5 * (7 + controls)
+        assert total == 5 * (7 + controls) + (11 if path.stem == "celeba32" else 10)
 
 
 def dry_run_resources(stdout: str) -> dict[str, list[str]]:

@@ -127,7 +127,13 @@ def test_the_tables_are_readable_html_with_every_row(project):
     summary = tables_of((tables / "summary.html").read_text())[0]
     assert len(summary) - 1 == len(table3)
     overview = (tables / "overview.html").read_text()
-    assert [r[0] for r in tables_of(overview)[0][2:]] == ["none", "noise", "clipping"]
+    # leakage first (best GGL, then best baseline, per defence), then GGL against baselines
+    assert [r[0] for r in tables_of(overview)[0][1:]] == [
+        d for d in ("none", "noise", "clipping") for _ in range(2)]
+    assert [r[0] for r in tables_of(overview)[1][2:]] == ["none", "noise", "clipping"]
+    leakage = pd.read_csv(tables / "leakage.csv")
+    assert {"prior", "label-only", "noise-gradient"} <= set(leakage["attack"])
+    assert leakage["psnr_db_pm1_above_control_low"].notna().all()
     quality = yaml.safe_load((project / "results/tiny/generator/quality.json").read_text())
     assert f"{quality['confidence_ratio']:.4g}" in overview
     assert "over 2 private images" in overview and "http" not in overview
@@ -156,8 +162,9 @@ def test_changing_one_defence_reruns_only_its_stages(project):
         raw["defences"]["noise"][0]["sigma"] = 0.02
 
     ran = _repro_after(project, change)
-    assert ran == {"gradients@noise", "attack@noise-ggl-adam", "attack@noise-my-cmaes",
-                   "attack@noise-idlg", "metrics", "aggregate"}
+    attacks = ("ggl-adam", "my-cmaes", "idlg", "prior", "label-only", "noise-gradient")
+    assert ran == {"gradients@noise", *(f"attack@noise-{a}" for a in attacks), "metrics",
+                   "aggregate"}
 
 
 def test_changing_the_cmaes_population_reruns_only_cmaes(project):
