@@ -58,6 +58,7 @@ for k in (k for k in STAGE_KINDS if k.instances(P)):
             values=lambda wc, k=k: Stage(k, P, dict(wc)).param_values(),
             cmd=lambda wc, k=k: Stage(k, P, dict(wc)).command(PARAMS_FILE),
         threads: k.threads  # Snakemake lowers it to --cores when fewer are given
+        priority: k.priority
         resources:
             **k.resources,
         wildcard_constraints:

@@ -114,6 +114,7 @@ class StageKind:
     when: Callable[[Params], bool] = _always
     scratch: dict[str, File] = field(default_factory=dict)  # kept between attempts (resume)
     threads: int = 1  # a local run's; the SLURM profile sets a cluster's
+    priority: int = 0  # Snakemake runs higher first among ready jobs
     resources: dict[str, int] = field(default_factory=dict)  # sized for the paper experiments
     options: dict[str, str] = field(default_factory=dict)  # extra CLI --option: help (repeatable)
 
@@ -275,6 +276,7 @@ STAGE_KINDS: list[StageKind] = [
         inputs=("generator", "public", "private"),
         outputs={"quality": File(f"{GAN}/quality.json",
                                  report=("generator_quality.rst", "Generator"))},
+        priority=1,  # beside the attacks, not alone after them
         params=("experiment", "generator", "seed", "data.image_size", "data.num_classes"),
         # a small CPU classifier, 15 epochs of the public split
         resources={"runtime": 240, "mem_mb": 32000},
@@ -322,6 +324,7 @@ STAGE_KINDS: list[StageKind] = [
                  # each run's best-so-far image at its checkpoints against the truth
                  "quality_curves": File(f"{OUT}/quality_vs_compute.csv")},
         params=("experiment", "model", "data.num_classes", "metrics", "private_images"),
+        threads=2,  # LPIPS' convolutions; the last job of the run, nothing else is left
         # LPIPS (VGG16) of every reconstruction, on the CPU
         resources={"runtime": 120, "mem_mb": 16000},
     ),
