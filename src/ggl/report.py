@@ -108,7 +108,9 @@ def tables(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFrame
 
 LEAKAGE_KEYS = ("psnr_db_pm1_above_control", "psnr_db_pm1_above_control_low",
                 "psnr_db_pm1_above_control_high", "psnr_db_pm1_control", "reid_top1_ssim",
-                "reid_top1_ssim_low", "reid_top1_ssim_high", "reid_top1_chance", "verdict")
+                "reid_top1_ssim_low", "reid_top1_ssim_high", "reid_top1_chance", "verdict",
+                "still_improving", "gain_db")
+TEXT_KEYS = ("verdict", "still_improving", "gain_db")  # the page's, not headline.json's
 
 
 def headline(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFrame) -> pd.DataFrame:
@@ -132,7 +134,7 @@ def headline(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFrame) 
                 key = "lpips" if metric == lpips else metric
                 row[f"{side}_{key}"] = math.nan if best is None else best[f"{metric}_mean"]
             for key in LEAKAGE_KEYS:
-                row[f"{side}_{key}"] = (math.nan if best is None
+                row[f"{side}_{key}"] = (math.nan if best is None or key not in cells
                                         else cells.loc[(defence, best["attack"]), key])
         row["margin_db"] = row["ggl_psnr_db_pm1"] - row["baseline_psnr_db_pm1"]
         rows.append(row)
@@ -153,7 +155,7 @@ def headline_metrics(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.Dat
             lpips: round(float(row[f"{side}_lpips"]), 4),
             "ssim": round(float(row[f"{side}_ssim"]), 4),
             **{key: _rounded(row[f"{side}_{key}"]) for key in LEAKAGE_KEYS
-               if side != "control" and key != "verdict"},
+               if side != "control" and key not in TEXT_KEYS},
         } for side in ("ggl", "baseline", "control") if row[f"{side}_attack"] is not None}
     if quality is not None:
         out["generator"] = {"confidence_ratio": round(quality["confidence_ratio"], 4)}
@@ -196,7 +198,7 @@ def leakage_markdown(frame: pd.DataFrame, leakage: pd.DataFrame) -> str:
         "re-identified (top-1)": [f"{interval(r, 'reid_top1_ssim')}, chance "
                                   f"{r['reid_top1_chance']:.3g}" for _, r in leakage.iterrows()],
         "verdict": leakage["verdict"],
-        "at its budget": ["still improving" if r.get("still_improving") is True else ""
+        "at its budget": ["still improving" if r.get("still_improving") == 1 else ""
                           for _, r in leakage.iterrows()]})
     header = LEAKAGE_HEADER.format(n=frame["image_id"].nunique(), intervals=INTERVALS,
                                    lpips=lpips_note(lpips))

@@ -191,7 +191,7 @@ def _improving(row: Any) -> str:
     gain = row.get("gain_db")
     if gain is None or pd.isna(gain):
         return ""
-    if row.get("still_improving"):
+    if row.get("still_improving") == 1:  # a numpy bool too
         return f'<span class="no">still improving (+{gain:.2f} dB over the last doubling)</span>'
     return f"converged ({gain:+.2f} dB over the last doubling)"
 
@@ -301,11 +301,13 @@ def overview_page(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFr
                   f"{interval(r, f'{side}_reid_top1_ssim')} <small>chance "
                   f"{r[f'{side}_reid_top1_chance']:.3g}</small>" if r[f"{side}_attack"]
                   else "n/a",
-                  esc(r[f"{side}_verdict"]) if r[f"{side}_attack"] else ""]
+                  esc(r[f"{side}_verdict"]) if r[f"{side}_attack"] else "",
+                  _improving({"gain_db": r[f"{side}_gain_db"],
+                              "still_improving": r[f"{side}_still_improving"]})]
                  for _, r in best.iterrows() for side in ("ggl", "baseline")]
     leak = table(["defence", "attack (best GGL, then best baseline)",
                   "PSNR above control (dB)", "strongest control", "re-identified (top-1)",
-                  "verdict"], side_rows, text_columns=(1, 3, 5))
+                  "verdict", "at the end of its budget"], side_rows, text_columns=(1, 3, 5, 6))
     ggl = ggl_attacks(frame)
     paper = any(_paper_best_ggl(experiment, d, ggl) for d in best["defence"])
     rows = [[esc(r["defence"]),
