@@ -333,9 +333,9 @@ def overview_page(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFr
             + f"<p><strong>{esc(sentence(best))}</strong></p>" + grid
             + "<p>Best = highest mean PSNR ([-1, 1] convention, dB) over the private images; "
               "higher PSNR and SSIM, lower LPIPS = more leakage. This compares attacks with "
-              "one another at their own budgets, not with what the attacker gets without the "
-              "gradient (above). The full tables: Table 2, Table 3 and the summary, under "
-              "Tables.</p>"
+              "one another, at the compute params give them (the same for all when "
+              "compute_budget is set), not with what the attacker gets without the gradient "
+              "(above). The full tables: Table 2, Table 3 and the summary, under Tables.</p>"
             + "<h2>Generator</h2>" + quality_section(quality, generator_kind))
     return page(f"{experiment}: how much does the gradient leak?",
                 conventions(frame)[:4] + _paper_conventions(experiment, frame), body)
