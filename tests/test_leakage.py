@@ -106,7 +106,8 @@ def test_an_informative_gradient_leaks_above_every_control_and_identifies_the_im
     row = _row(informative, "ggl-adam")
     assert row["psnr_db_pm1_above_control_low"] > 0, row
     assert row["ssim_above_control_low"] > 0, row
-    assert row["verdict"] == "leaks beyond the controls"
+    assert row["reid_top1_ssim_above_control_low"] > 0, row
+    assert row["verdict"] == "leaks beyond the controls (PSNR and re-identification)"
     ranks = informative.loc[informative["attack"] == "ggl-adam", "reid_rank_ssim"]
     assert (ranks == 1).all(), ranks.tolist()
 
@@ -117,7 +118,10 @@ def test_an_uninformative_gradient_shows_no_leakage_and_chance_reidentification(
     # mean public image (label-only), a blur, beats any sharp image of the class in PSNR.
     row = _row(frame, "ggl-adam")
     assert row["psnr_db_pm1_above_control_low"] <= 0, row
-    assert row["verdict"] != "leaks beyond the controls"
+    assert not row["verdict"].startswith("leaks"), row["verdict"]
+    # Nor is identification beyond the controls claimed. (The interval may lie just below 0:
+    # the prior's per-image rate averages 16 samples, the attack's is 0 or 1.)
+    assert row["reid_top1_ssim_above_control_low"] <= 0, row
     # Against the control that is the same situation, the interval contains 0.
     matched = _row(frame, "ggl-adam", controls=(null,))
     for metric in ("psnr_db_pm1", "ssim"):

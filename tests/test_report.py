@@ -144,9 +144,9 @@ def test_the_overview_leads_with_leakage_above_the_strongest_control(pages):
     # per image the paired difference is constant here: the interval is one point
     assert cells[("none", "ggl-adam")][2] == "3 [3, 3]"
     assert cells[("none", "ig")][2] == "-1 [-1, -1]"  # the control is no baseline
-    assert cells[("none", "ggl-adam")][5] == "leaks beyond the controls"
+    assert cells[("none", "ggl-adam")][5] == "leaks beyond the controls (PSNR)"
     assert cells[("clipping", "ig")][2] == "3.5 [3.5, 3.5]"
-    assert "none: leaks beyond the controls (ggl-adam, +3.00 dB" in text
+    assert "none: leaks beyond the controls (PSNR) (ggl-adam, +3.00 dB" in text
     assert "label-only" in pages["leakage_html"] and "chance" in pages["leakage_html"]
 
 

@@ -204,14 +204,16 @@ def leakage_page(frame: pd.DataFrame, leakage: pd.DataFrame, experiment: str) ->
              interval(r, "ssim_above_control"), interval(r, f"{lpips}_above_control"),
              esc(r["psnr_db_pm1_control"]),
              f"{interval(r, 'reid_top1_ssim')} <small>chance {r['reid_top1_chance']:.3g}</small>",
+             interval(r, "reid_top1_ssim_above_control"),
              f"{interval(r, 'reid_rank_ssim')} <small>chance {r['reid_rank_chance']:.3g}</small>",
              esc(r["verdict"]), number(r["compute"]), _improving(r)]
             for _, r in leakage.iterrows()]
     body = table(["defence", "attack", "PSNR above control (dB)", "SSIM above control",
                   f"{NAMES.get(lpips, lpips)} above control", "strongest control (PSNR)",
-                  "re-identified (top-1 rate)", "rank of the true image", "verdict",
-                  "model passes per image", "at the end of its budget"],
-                 rows, text_columns=(1, 5, 8, 10))
+                  "re-identified (top-1 rate)", "re-identified above control",
+                  "rank of the true image", "verdict", "model passes per image",
+                  "at the end of its budget"],
+                 rows, text_columns=(1, 5, 9, 11))
     intro = LEAKAGE_HEADER.format(n=frame["image_id"].nunique(), intervals=INTERVALS,
                                   lpips=lpips_note(lpips))
     return page(f"{experiment}: leakage above control", [intro.strip()], body)
