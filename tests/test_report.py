@@ -150,6 +150,15 @@ def test_the_overview_leads_with_leakage_above_the_strongest_control(pages):
     assert "label-only" in pages["leakage_html"] and "chance" in pages["leakage_html"]
 
 
+def test_without_controls_the_overview_says_leakage_was_not_measured():
+    frame = made_up_frame()
+    frame = above_control(frame[frame["method"] != "label-only"], controls=())
+    text = html_pages(frame, summarise(frame), leakage_table(frame), "digits", None,
+                      "dcgan")["overview_html"]
+    assert "No control ran: leakage beyond the prior was not measured." in text
+    assert "no control or too few images" in text and ">nan<" not in text
+
+
 def test_a_stand_in_lpips_gets_no_paper_lpips_and_no_quality_without_a_dcgan():
     frame = made_up_frame("lpips_vgg_stand_in")
     pages = html_pages(frame, summarise(frame), leakage_table(frame), "celeba32", None,

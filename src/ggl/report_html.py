@@ -61,6 +61,12 @@ def table(header: list[str], rows: list[list[str]], text_columns: tuple[int, ...
     return f"<table>\n{top}<tr>{head}</tr>\n{body}</table>"
 
 
+def name(value: Any) -> str:
+    """An attack or control name for a cell; "none" where there is none (NaN)."""
+    return "none" if value is None or (isinstance(value, float) and pd.isna(value)) \
+        else esc(value)
+
+
 def number(value: float) -> str:
     return "n/a" if pd.isna(value) else f"{value:.4g}"
 
@@ -202,7 +208,7 @@ def leakage_page(frame: pd.DataFrame, leakage: pd.DataFrame, experiment: str) ->
     lpips = lpips_column(frame)
     rows = [[esc(r["defence"]), esc(r["attack"]), interval(r, "psnr_db_pm1_above_control"),
              interval(r, "ssim_above_control"), interval(r, f"{lpips}_above_control"),
-             esc(r["psnr_db_pm1_control"]),
+             name(r["psnr_db_pm1_control"]),
              f"{interval(r, 'reid_top1_ssim')} <small>chance {r['reid_top1_chance']:.3g}</small>",
              interval(r, "reid_top1_ssim_above_control"),
              f"{interval(r, 'reid_rank_ssim')} <small>chance {r['reid_rank_chance']:.3g}</small>",
@@ -299,7 +305,7 @@ def overview_page(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFr
     side_rows = [[esc(r["defence"]), esc(r[f"{side}_attack"] or "none"),
                   interval(r, f"{side}_psnr_db_pm1_above_control")
                   if r[f"{side}_attack"] else "n/a",
-                  esc(r[f"{side}_psnr_db_pm1_control"]) if r[f"{side}_attack"] else "",
+                  name(r[f"{side}_psnr_db_pm1_control"]) if r[f"{side}_attack"] else "",
                   f"{interval(r, f'{side}_reid_top1_ssim')} <small>chance "
                   f"{r[f'{side}_reid_top1_chance']:.3g}</small>" if r[f"{side}_attack"]
                   else "n/a",
