@@ -134,7 +134,8 @@ def test_the_flop_ratio_agrees_with_wall_time_on_the_tiny_model():
 @pytest.mark.parametrize("method", ["ggl-adam", "ggl-cmaes", "idlg"])
 def test_result_records_compute_as_evaluations_times_cost(attacker, method):
     c = cfg(method, 8, trials=2)
-    _, trials, result = run_attack(ATTACKS.get(method), attacker, c, seed=0)
+    _, trials, result = run_attack(ATTACKS.get(method), attacker, c, 0,
+                                   evaluation_cost(attacker, c))
     assert result["evaluations"] == sum(t.evaluations for t in trials) == 16
     cost = result["cost_per_evaluation"]
     assert cost == (1.0 if method == "ggl-cmaes" else pytest.approx(3.04, abs=0.1))
@@ -146,7 +147,8 @@ def test_result_records_compute_as_evaluations_times_cost(attacker, method):
 @pytest.mark.parametrize("method", ["ggl-adam", "ggl-cmaes"])
 def test_compute_budget_gives_each_attack_the_same_model_passes(attacker, method):
     n = 40
-    _, _, result = run_attack(ATTACKS.get(method), attacker, cfg(method, 8), seed=0,
+    c = cfg(method, 8)
+    _, _, result = run_attack(ATTACKS.get(method), attacker, c, 0, evaluation_cost(attacker, c),
                               compute_budget=n)
     assert n - result["cost_per_evaluation"] < result["compute"] <= n
     assert result["budget"] == result["evaluations"]  # one trial

@@ -119,35 +119,29 @@ def prepare_attacker(record: dict[str, Any], generator: Any | None, device: torc
                     device, scorer, public)
 
 
-_COSTS: dict[tuple[str, ...], float] = {}  # measured costs of this process's attacks
-
-
 def evaluation_cost(attacker: Attacker, cfg: AttackConfig) -> float | None:
-    """Model passes per evaluation of this attack (``ggl.attack.compute``); None: unknown.
-    Measured once per model architecture, image size, objective and defence, on which alone
-    the count depends (a count at the default's width takes ~0.25 s, the first ~1.5 s more)."""
+    """Model passes per evaluation of this attack (``ggl.attack.compute``); None: unknown. It
+    depends on the model, the image size and the objective only, not on the image: measure it
+    once per stage (a count at the default's width takes ~0.25 s, the first ~1.5 s more)."""
     if cfg.method in ("prior", "label-only"):
         return 0.0  # the generator or the public split alone: no pass of the model
     differentiable = is_differentiable(cfg)
     if differentiable is None:
         return None
-    key = tuple(map(repr, (attacker.model, attacker.image_shape, cfg.objective,
-                           attacker.steps, differentiable)))
-    if key not in _COSTS:
-        estimate = attacker.estimate if cfg.objective.adaptive else Estimate()
-        distance = DISTANCES[cfg.objective.distance]
-        _COSTS[key] = cost_per_evaluation(
-            attacker.model, attacker.image_shape, attacker.label,
-            lambda grads: distance(estimate.apply(grads), attacker.received), differentiable)
-    return _COSTS[key]
+    estimate = attacker.estimate if cfg.objective.adaptive else Estimate()
+    distance = DISTANCES[cfg.objective.distance]
+    return cost_per_evaluation(
+        attacker.model, attacker.image_shape, attacker.label,
+        lambda grads: distance(estimate.apply(grads), attacker.received), differentiable)
 
 
 def run_attack(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed: int,
-               compute_budget: int = 0) -> tuple[Trial, list[Trial], dict[str, Any]]:
+               cost: float | None, compute_budget: int = 0
+               ) -> tuple[Trial, list[Trial], dict[str, Any]]:
     """Every trial on one update: the best, all of them, and what result.json records.
+    ``cost``: model passes per evaluation (``evaluation_cost``; None: unknown);
     ``compute_budget`` > 0 replaces the budget by that many model passes per trial."""
     start = time.perf_counter()
-    cost = evaluation_cost(attacker, cfg)
     cfg = replace(cfg, budget=budget_for(cfg, compute_budget, cost))
     best, trials = best_of_trials(attack, attacker, cfg, seed)
     evaluations = sum(t.evaluations for t in trials)

@@ -11,7 +11,13 @@ from tqdm import tqdm
 
 from ggl import io
 from ggl.attack import ATTACKS
-from ggl.attack.run import checkpoints_record, curve_csv, prepare_attacker, run_attack
+from ggl.attack.run import (
+    checkpoints_record,
+    curve_csv,
+    evaluation_cost,
+    prepare_attacker,
+    run_attack,
+)
 from ggl.client import load_received
 from ggl.data import load_part
 from ggl.generators import build_generator
@@ -29,13 +35,17 @@ def run(stage: Stage, log: Logger) -> None:
     generator = build_generator(params, checkpoint, device)
     prior = {"kind": params.generator.kind, **generator.info()}
     public = load_part(stage.input("public")) if cfg.method == "label-only" else None
-    for image in tqdm(params.image_ids(), desc=f"{attack} on {defence}", unit="img"):
+    cost: float | None = None
+    for k, image in enumerate(tqdm(params.image_ids(), desc=f"{attack} on {defence}",
+                                   unit="img")):
         attacker = prepare_attacker(load_received(stage.input("received", image=image)),
                                     generator, device, params.scorer, public)
+        if k == 0:  # the same for every image of the stage
+            cost = evaluation_cost(attacker, cfg)
         # Common random numbers: the same attack starts alike under every defence, and a
         # noise-gradient control like the attack it repeats.
         seed = derive_seed(params.seed, "attack", cfg.of or attack, image)
-        best, trials, result = run_attack(ATTACKS.get(cfg.method), attacker, cfg, seed,
+        best, trials, result = run_attack(ATTACKS.get(cfg.method), attacker, cfg, seed, cost,
                                           params.compute_budget)
         io.save_torch(stage.output("reconstruction", image=image), best.image)
         io.save_image(stage.output("reconstruction_png", image=image), best.image)
