@@ -24,7 +24,7 @@ from ggl.leakage import (
     short_classes,
     wilson_interval,
 )
-from ggl.metrics import psnr_pm1, ssim
+from ggl.metrics import as_stack, psnr_pm1, ssim
 from ggl.models import fc_weight_index
 from ggl.settings import AdamConfig, AttackConfig, NoSettings, ObjectiveConfig
 
@@ -56,8 +56,7 @@ def leakage_frame(received_of) -> pd.DataFrame:
         attacker = Attacker(received, (), model, fc_weight_index(model), LABEL, (3, 32, 32),
                             prior, torch.device("cpu"), public=public)
         for name, cfg in {"ggl-adam": ADAM, **CONTROLS}.items():
-            stack = ATTACKS.get(cfg.method)(attacker, cfg, 7 + i).image
-            stack = stack if stack.dim() == 4 else stack[None]
+            stack = as_stack(ATTACKS.get(cfg.method)(attacker, cfg, 7 + i).image)
             rank, top1 = reid_rank(stack, truth, pool)
             rows.append({"defence": "none", "attack": name, "method": cfg.method,
                          "image_id": f"img{i}",

@@ -16,7 +16,7 @@ import yaml
 
 from ggl.errors import GglError
 from ggl.plugins import PLUGIN_PATTERN
-from ggl.settings import GGL_OPTIMISERS, METHODS, AttackConfig
+from ggl.settings import GGL_OPTIMISERS, METHODS, NO_MODEL_PASS, AttackConfig
 
 KNOWN_DATASET_SIZES = {"digits": 1797}
 
@@ -186,7 +186,7 @@ def attack_config(raw: dict[str, Any], key: str,
         cfg = AttackConfig(method, raw["trials"], raw["budget"], objective, optimiser, of)
     except ValueError as exc:
         raise ParamsError(f"{key}.{exc}") from exc
-    if method in ("prior", "label-only") and cfg.trials != 1:
+    if method in NO_MODEL_PASS and cfg.trials != 1:
         raise ParamsError(f"{key}.trials: a {method} control has one trial, got {cfg.trials}")
     if method == "label-only" and cfg.budget != 1:
         raise ParamsError(f"{key}.budget: label-only is one image (budget 1), got {cfg.budget}")

@@ -19,6 +19,11 @@ VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision checks the 8 hex digits against its SHA-256
 
 
+def as_stack(reconstruction: torch.Tensor) -> torch.Tensor:
+    """A reconstruction as (n, 3, H, W): one image, or the prior control's samples."""
+    return reconstruction if reconstruction.dim() == 4 else reconstruction[None]
+
+
 def mse_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(n,) per-image MSE of (n, C, H, W) images in [-1, 1]."""
     return (a - b).pow(2).flatten(1).mean(1)

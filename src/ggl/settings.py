@@ -141,6 +141,7 @@ class NoSettings(_Settings):
 # public image of the inferred class; noise-gradient: a GGL attack (``of``, same settings and
 # seed) on Gaussian noise with the received gradient's norms and zeros, the real label.
 CONTROLS = ("prior", "label-only", "noise-gradient")
+NO_MODEL_PASS = ("prior", "label-only")  # one trial, and no pass of the federated model
 
 # --- the methods --------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from ggl.config import DefenceStep, ModelConfig
 from ggl.defences import Estimate, Gradient, estimate_defence
 from ggl.models import build_model
 from ggl.runtime import derive_seed
-from ggl.settings import AttackConfig
+from ggl.settings import NO_MODEL_PASS, AttackConfig
 
 
 @dataclass
@@ -65,8 +65,8 @@ class Trial:
 
 
 AttackFn = Callable[[Attacker, AttackConfig, int], Trial]
-NO_COST = ("; unknown for this method (a plugin or a control): compute is null, and its own "
-           "budget in evaluations applies even under compute_budget")
+NO_COST = ("; unknown for this method (a plugin): compute is null, and its own budget in "
+           "evaluations applies even under compute_budget")
 
 
 def ggl_objective(attacker: Attacker, cfg: AttackConfig) -> Objective:
@@ -123,8 +123,8 @@ def evaluation_cost(attacker: Attacker, cfg: AttackConfig) -> float | None:
     """Model passes per evaluation of this attack (``ggl.attack.compute``); None: unknown. It
     depends on the model, the image size and the objective only, not on the image: measure it
     once per stage (a count at the default's width takes ~0.25 s, the first ~1.5 s more)."""
-    if cfg.method in ("prior", "label-only"):
-        return 0.0  # the generator or the public split alone: no pass of the model
+    if cfg.method in NO_MODEL_PASS:
+        return 0.0  # the generator or the public split alone
     differentiable = is_differentiable(cfg)
     if differentiable is None:
         return None

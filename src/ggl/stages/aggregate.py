@@ -9,6 +9,7 @@ import pandas as pd
 from ggl import io
 from ggl.data import load_part
 from ggl.leakage import leakage_table
+from ggl.metrics import as_stack
 from ggl.pipeline.registry import METRIC_PLOTS, Stage
 from ggl.quality_curve import still_improving
 from ggl.report import (
@@ -48,9 +49,10 @@ def run(stage: Stage, log: Logger) -> None:
 
     images, _ = load_part(stage.input("private"))
     for index, image in zip(params.private_images, params.image_ids(), strict=True):
-        shown = {d: {a: _first(io.load_torch(stage.input("reconstruction", defence=d, attack=a,
-                                                         image=image))) for a in params.attacks}
-                 for d in params.defences}
+        # a grid shows the first of the prior control's samples
+        shown = {d: {a: as_stack(io.load_torch(stage.input(
+                         "reconstruction", defence=d, attack=a, image=image)))[0]
+                     for a in params.attacks} for d in params.defences}
         io.save_figure(stage.output("grid", image=image), reconstruction_grid(
             images[index], shown, f"{params.experiment}: reconstructions of {image}"))
     io.save_figure(stage.output("quality_vs_compute"), quality_vs_compute_plot(curves))
@@ -70,11 +72,6 @@ def run(stage: Stage, log: Logger) -> None:
              for attack, frames in curves.items()
              for image, curve in zip(params.image_ids(), frames, strict=True)]).to_csv(index=False))
     log.info("tables and figures of %d runs", len(frame))
-
-
-def _first(reconstruction):
-    """The image a grid shows: the first of the prior control's samples."""
-    return reconstruction[0] if reconstruction.dim() == 4 else reconstruction
 
 
 def _best_curve(stage: Stage, attack: str, image: str) -> pd.DataFrame:

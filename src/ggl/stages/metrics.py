@@ -11,7 +11,7 @@ from ggl import io
 from ggl.data import load_part
 from ggl.leakage import CONVENTIONS as LEAKAGE_CONVENTIONS
 from ggl.leakage import above_control, reid_pool, reid_rank, short_classes
-from ggl.metrics import CONVENTIONS, Lpips, evaluate
+from ggl.metrics import CONVENTIONS, Lpips, as_stack, evaluate
 from ggl.models import build_model
 from ggl.pipeline.registry import Stage
 from ggl.quality_curve import checkpoint_quality
@@ -34,8 +34,7 @@ def run(stage: Stage, log: Logger) -> None:
         run_files = {"defence": defence, "attack": attack, "image": image}
         result = io.read_json(stage.input("result", **run_files))
         truth = io.read_json(stage.input("truth", defence=defence, image=image))
-        reconstruction = io.load_torch(stage.input("reconstruction", **run_files))
-        stack = reconstruction if reconstruction.dim() == 4 else reconstruction[None]
+        stack = as_stack(io.load_torch(stage.input("reconstruction", **run_files)))
         original = images[truth["private_index"]]
         values = evaluate(stack.to(device), original[None].expand_as(stack).to(device), model,
                           lpips_metric)
