@@ -28,7 +28,7 @@ EXPERIMENTS = REPO / "workflow" / "experiments"
 EXPERIMENT_FILES = sorted(EXPERIMENTS.glob("*.yaml"))
 PAPER_EXPERIMENTS = ("celeba32", "imagenet224")
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm" / "profile.yaml"
-GPU_RULES = {k.rule for k in STAGE_KINDS if k.resources.get("gpu")}  # train_gan, attack
+GPU_RULES = {k.rule for k in STAGE_KINDS if k.resources.get("gpu")}  # train_gan, attack, utility
 SLURM_ENV = ("GGL_SLURM_PARTITION", "GGL_SLURM_GPU_PARTITION", "GGL_SLURM_ACCOUNT")
 
 
@@ -160,10 +160,13 @@ def test_soteria_sweep_goes_from_0_to_80_percent():
 
 def expected_jobs(params: Params) -> Counter:
     """What params imply, counted by hand: one split, one gradient job per defence, the
-    generator's jobs, one attack job per (defence, attack), metrics, aggregate, and `all`."""
+    generator's jobs, one attack job per (defence, attack), one utility job per defence when
+    utility.rounds > 0, metrics, aggregate, and `all`."""
     defences, attacks = len(params.defences), len(params.attacks)
     jobs = Counter(split=1, gradients=defences, attack=defences * attacks, metrics=1,
                    aggregate=1, all=1)
+    if params.utility.rounds:
+        jobs.update(utility=defences)
     if params.generator.kind == "dcgan":  # trained here, then checked
         jobs.update(train_gan=1, gan_quality=1)
     elif params.generator.kind == "biggan-deep-256":  # downloaded once
@@ -226,14 +229,14 @@ def test_slurm_profile_sizes_every_rule_and_asks_gpus_for_gpu_rules(workflow_cop
     env = clean_env(GGL_SLURM_PARTITION="cpu-part", GGL_SLURM_GPU_PARTITION="gpu-part",
                     GGL_SLURM_ACCOUNT="proj")
     found: dict[str, list[str]] = {}
-    for name in PAPER_EXPERIMENTS:  # together they use every rule
+    for name in (*PAPER_EXPERIMENTS, "digits-privacy-utility"):  # together: every rule
         out = run(["snakemake", "-n", "--profile", "workflow/profiles/slurm", "--configfile",
                    f"workflow/experiments/{name}.yaml"], workflow_copy, env=env)
         for rule, lines in dry_run_resources(out.stdout).items():
             found.setdefault(rule, []).extend(lines)
     rules = set(found) - {"all"}
     assert rules == set(profile["set-threads"]) == {k.rule for k in STAGE_KINDS}
-    assert set(profile["set-resources"]) == GPU_RULES == {"train_gan", "attack"}
+    assert set(profile["set-resources"]) == GPU_RULES == {"train_gan", "attack", "utility"}
     for rule in rules:
         sizes = next(k.resources for k in STAGE_KINDS if k.rule == rule)  # the registry's
         for line in found[rule]:

@@ -3,6 +3,7 @@ code writes exactly the files the registry declares."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,8 @@ from test_report import grid, leading_number, tables_of
 
 from ggl.config import load_params
 from ggl.pipeline.registry import all_stages, check_dvc_yaml
+
+DP = {"kind": "dp-sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 0.05}
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -74,6 +77,11 @@ def project(tmp_path_factory) -> Path:
     raw["attacks"] = {"ggl-adam": raw["attacks"]["ggl-adam"],
                       "my-cmaes": raw["attacks"]["ggl-cmaes"], "idlg": raw["attacks"]["idlg"],
                       **{c: raw["attacks"][c] for c in ("prior", "label-only", "noise-gradient")}}
+    # the privacy-utility audit: federated training per defence, and DP-SGD (GroupNorm model)
+    raw["model"]["norm"] = "group"
+    raw["data"]["test_size"] = 20
+    raw["utility"].update(rounds=2, clients=2, local_steps=1, batch_size=4)
+    raw["defences"]["dp"] = [DP]
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     run(["ggl", "dvc-yaml"], root)
     run(["git", "init", "-q"], root)
@@ -128,9 +136,12 @@ def test_the_tables_are_readable_html_with_every_row(project):
     assert len(summary) - 1 == len(table3)
     overview = (tables / "overview.html").read_text()
     # leakage first (best GGL, then best baseline, per defence), then GGL against baselines
-    assert [r[0] for r in tables_of(overview)[0][1:]] == [
-        d for d in ("none", "noise", "clipping") for _ in range(2)]
-    assert [r[0] for r in tables_of(overview)[1][2:]] == ["none", "noise", "clipping"]
+    # a dp-sgd defence is named with the epsilon of its attacked update, everywhere
+    epsilon = json.loads((project / "results/tiny/truth/dp/img0.json").read_text())[
+        "defence"]["epsilon"]
+    defences = ["none", "noise", "clipping", f"dp (ε={epsilon:.3g})"]
+    assert [r[0] for r in tables_of(overview)[0][1:]] == [d for d in defences for _ in range(2)]
+    assert [r[0] for r in tables_of(overview)[1][2:]] == defences
     leakage = pd.read_csv(tables / "leakage.csv")
     assert {"prior", "label-only", "noise-gradient"} <= set(leakage["attack"])
     assert leakage["psnr_db_pm1_above_control_low"].notna().all()
@@ -157,14 +168,33 @@ def _repro_after(project: Path, change) -> set[str]:
             if line.startswith("Running stage")}
 
 
+ATTACKS = ("ggl-adam", "my-cmaes", "idlg", "prior", "label-only", "noise-gradient")
+
+
 def test_changing_one_defence_reruns_only_its_stages(project):
     def change(raw):
         raw["defences"]["noise"][0]["sigma"] = 0.02
 
     ran = _repro_after(project, change)
-    attacks = ("ggl-adam", "my-cmaes", "idlg", "prior", "label-only", "noise-gradient")
-    assert ran == {"gradients@noise", *(f"attack@noise-{a}" for a in attacks), "metrics",
-                   "aggregate"}
+    assert ran == {"utility@noise", "gradients@noise", *(f"attack@noise-{a}" for a in ATTACKS),
+                   "metrics", "aggregate"}
+
+
+def test_dvc_exp_run_on_one_dp_sgd_setting_reruns_only_that_settings_jobs(project):
+    """The metrics stage reads every defence's runs, so it reruns too."""
+    setting = "defences.dp=[{kind: dp-sgd, noise_multiplier: 2.0, max_grad_norm: 1.0, " \
+              "delta: 0.05}]"
+    out = run(["dvc", "exp", "run", "-S", setting], project)
+    ran = {line.split("'")[1] for line in out.stdout.splitlines()
+           if line.startswith("Running stage")}
+    assert ran == {"utility@dp", "gradients@dp", *(f"attack@dp-{a}" for a in ATTACKS),
+                   "metrics", "aggregate"}
+    summary = json.loads((project / "results/tiny/utility/dp/summary.json").read_text())
+    assert summary["dp"]["noise_multiplier"] == 2.0 and summary["dp"]["epsilon"] > 0
+    frontier = pd.read_csv(project / "results/tiny/tables/privacy_utility.csv")
+    assert set(frontier["defence"]) == {"none", "noise", "clipping", "dp"}
+    assert frontier.set_index("defence")["epsilon"]["dp"] == pytest.approx(
+        summary["dp"]["epsilon"])
 
 
 def test_changing_the_cmaes_population_reruns_only_cmaes(project):
@@ -172,7 +202,7 @@ def test_changing_the_cmaes_population_reruns_only_cmaes(project):
         raw["attacks"]["my-cmaes"]["optimiser"]["popsize"] = 6
 
     ran = _repro_after(project, change)
-    assert ran == {f"attack@{d}-my-cmaes" for d in ("none", "noise", "clipping")} | {
+    assert ran == {f"attack@{d}-my-cmaes" for d in ("none", "noise", "clipping", "dp")} | {
         "metrics", "aggregate"}
 
 

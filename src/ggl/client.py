@@ -44,6 +44,11 @@ def defended_gradients(params: Params, defence: str, images: torch.Tensor, label
     device = resolve_device(params.device)
     steps = params.defences[defence]
     record = {"name": defence, "steps": [{"kind": s.kind, **s.settings} for s in steps]}
+    if steps and steps[0].kind == "dp-sgd":  # a public fact of the protocol, as its settings
+        from ggl.dp import update_epsilon
+
+        record["epsilon"] = update_epsilon(steps[0].settings["noise_multiplier"],
+                                           steps[0].settings["delta"])
     model = build_model(params.model, device)
     fc_index = fc_weight_index(model)
     names = [name for name, _ in model.named_parameters()]

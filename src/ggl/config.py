@@ -87,10 +87,28 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
         problems.append(f"private_images: index {max(raw['private_images'])} is out of range; "
                         f"allowed are 0 .. data.private_size - 1 = {data['private_size'] - 1}")
     available = KNOWN_DATASET_SIZES.get(data["dataset"])
-    if available is not None and data["public_size"] + data["private_size"] > available:
-        problems.append(f"data.public_size + data.private_size = "
-                        f"{data['public_size'] + data['private_size']} exceeds the "
-                        f"{available} images of dataset {data['dataset']!r}")
+    needed = data["public_size"] + data["private_size"] + data["test_size"]
+    if available is not None and needed > available:
+        problems.append(f"data.public_size + data.private_size + data.test_size = {needed} "
+                        f"exceeds the {available} images of dataset {data['dataset']!r}")
+    utility = raw["utility"]
+    if utility["rounds"] and not data["test_size"]:
+        problems.append("utility.rounds: the utility stage measures test accuracy on the "
+                        "held-out test part; set data.test_size > 0, or utility.rounds: 0")
+    if utility["rounds"] and utility["clients"] > data["private_size"]:
+        problems.append(f"utility.clients: {utility['clients']} clients cannot share "
+                        f"data.private_size = {data['private_size']} images")
+    for name, steps in raw["defences"].items():
+        for i, step in enumerate(steps):
+            if step["kind"] != "dp-sgd":
+                continue
+            if i != 0:
+                problems.append(f"defences.{name}[{i}]: dp-sgd computes the update itself "
+                                f"(per-sample clipping and noise), so it must be the first step")
+            if raw["model"]["norm"] != "group":
+                problems.append(f"defences.{name}[{i}]: dp-sgd clips per-sample gradients, "
+                                f"which BatchNorm mixes across a batch; set model.norm: group "
+                                f"(Opacus' GroupNorm variant of the model)")
     return problems
 
 
@@ -103,6 +121,7 @@ class DataConfig:
     num_classes: int
     public_size: int
     private_size: int
+    test_size: int  # held out from public and private: the utility stage's test set
     split_seed: int
 
 
@@ -112,6 +131,21 @@ class ModelConfig:
     width: int
     seed: int
     num_classes: int
+    norm: str = "batch"  # batch | group: BatchNorm replaced by Opacus' GroupNorm (DP-SGD)
+
+
+@dataclass(frozen=True)
+class UtilityConfig:
+    """Federated averaging of the model on the private split (the utility stage)."""
+
+    rounds: int  # 0: no utility stage
+    clients: int
+    partition: str  # iid | dirichlet
+    alpha: float  # the Dirichlet label skew's concentration (partition: dirichlet)
+    local_steps: int
+    batch_size: int
+    lr: float
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -125,7 +159,9 @@ class DefenceStep:
 
 
 # The setting that measures a defence kind's strength (params sweep it, the paper's Fig. 7)
-STRENGTH = {"noise": "sigma", "clipping": "bound", "sparsification": "rate", "soteria": "rate"}
+STRENGTH = {"noise": "sigma", "clipping": "bound", "sparsification": "rate", "soteria": "rate",
+            "dp-sgd": "noise_multiplier"}
+STRONGER_WHEN_SMALLER = ("clipping",)  # a smaller bound protects more
 ZERO_IS_NONE = ("noise", "sparsification", "soteria")  # strength 0 = no defence
 
 
@@ -223,6 +259,7 @@ class Params:
     attacks: dict[str, AttackConfig]
     lpips_stand_in: bool
     reid_pool: int  # unattacked private images per class the truth is ranked among
+    utility: UtilityConfig
     raw: dict[str, Any]
 
     @classmethod
@@ -235,6 +272,7 @@ class Params:
             data=data,
             private_images=tuple(raw["private_images"]),
             model=ModelConfig(**raw["model"], num_classes=data.num_classes),
+            utility=UtilityConfig(**raw["utility"]),
             defences={name: tuple(DefenceStep.from_raw(s) for s in steps)
                       for name, steps in raw["defences"].items()},
             generator=GeneratorConfig(**raw["generator"]),

@@ -32,6 +32,9 @@ class Split:
     private_images: torch.Tensor
     private_labels: torch.Tensor
     source: dict[str, Any] = field(default_factory=dict)  # recorded in index.json
+    # held out from both: the utility stage's test set (None: no test part)
+    test_images: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
 
 
 DATASETS: Registry = Registry("dataset")
@@ -49,23 +52,28 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 def random_split(images: torch.Tensor, labels: torch.Tensor, cfg: DataConfig,
                  source: dict[str, Any]) -> Split:
-    """Seeded disjoint public/private subsets of one pool of images."""
+    """Seeded disjoint public, private and test subsets of one pool of images. The test part
+    comes after the other two in the same permutation, so adding it changes neither."""
     total = len(images)
-    if cfg.public_size + cfg.private_size > total:
-        raise DataError(f"data.public_size + data.private_size = "
-                        f"{cfg.public_size + cfg.private_size} exceeds the {total} images "
-                        f"of dataset {cfg.dataset!r}")
+    needed = cfg.public_size + cfg.private_size + cfg.test_size
+    if needed > total:
+        raise DataError(f"data.public_size + data.private_size + data.test_size = {needed} "
+                        f"exceeds the {total} images of dataset {cfg.dataset!r}")
     order = torch.randperm(total, generator=torch.Generator().manual_seed(cfg.split_seed))
     public = order[: cfg.public_size]
     private = order[cfg.public_size : cfg.public_size + cfg.private_size]
-    source = {**source, "public_indices": public.tolist(), "private_indices": private.tolist()}
-    return Split(images[public], labels[public], images[private], labels[private], source)
+    test = order[cfg.public_size + cfg.private_size : needed]
+    source = {**source, "public_indices": public.tolist(), "private_indices": private.tolist(),
+              "test_indices": test.tolist()}
+    return Split(images[public], labels[public], images[private], labels[private], source,
+                 images[test], labels[test])
 
 
-def _subsample(n_avail: int, n: int, seed: int, what: str) -> torch.Tensor:
-    if n > n_avail:
-        raise DataError(f"{what} asks for {n} images but only {n_avail} are available")
-    return torch.randperm(n_avail, generator=torch.Generator().manual_seed(seed))[:n]
+def _subsample(n_avail: int, n: int, seed: int, what: str, skip: int = 0) -> torch.Tensor:
+    """``n`` seeded indices of ``n_avail``, after the first ``skip`` of the same permutation."""
+    if skip + n > n_avail:
+        raise DataError(f"{what} asks for {skip + n} images but only {n_avail} are available")
+    return torch.randperm(n_avail, generator=torch.Generator().manual_seed(seed))[skip:skip + n]
 
 
 @DATASETS.register("digits")
@@ -121,9 +129,10 @@ def load_celeba(cfg: DataConfig) -> Split:
     from torchvision.datasets import CelebA
 
     transform = _square_transform(cfg.image_size)
+    splits = ("train", "test", "valid") if cfg.test_size else ("train", "test")
     try:
         parts = {split: CelebA(cfg.root, split=split, target_type="attr", transform=transform,
-                               download=cfg.download) for split in ("train", "test")}
+                               download=cfg.download) for split in splits}
     except (RuntimeError, OSError, urllib.error.URLError, ImportError) as exc:
         raise DataError(CELEBA_HELP.format(root=cfg.root) + f" (cause: {exc})") from exc
     pub = _subsample(len(parts["train"]), cfg.public_size, cfg.split_seed, "data.public_size")
@@ -131,11 +140,16 @@ def load_celeba(cfg: DataConfig) -> Split:
                       "data.private_size")
     pub_x, pub_y = _stack(parts["train"], pub, lambda attr: int(attr[CELEBA_MALE]), "CelebA train")
     priv_x, priv_y = _stack(parts["test"], priv, lambda attr: int(attr[CELEBA_MALE]), "CelebA test")
+    test = (_subsample(len(parts["valid"]), cfg.test_size, cfg.split_seed + 2, "data.test_size")
+            if cfg.test_size else torch.zeros(0, dtype=torch.int64))
+    test_x, test_y = (_stack(parts["valid"], test, lambda attr: int(attr[CELEBA_MALE]),
+                             "CelebA valid") if cfg.test_size else (None, None))
     source = {"name": "CelebA (torchvision)", "root": cfg.root, "label": "attribute 20 Male",
-              "public_from": "train", "private_from": "test", "public_indices": pub.tolist(),
-              "private_indices": priv.tolist(),
+              "public_from": "train", "private_from": "test", "test_from": "valid",
+              "public_indices": pub.tolist(), "private_indices": priv.tolist(),
+              "test_indices": test.tolist(),
               "transform": f"Resize({cfg.image_size}) CenterCrop({cfg.image_size})"}
-    return Split(pub_x, pub_y, priv_x, priv_y, source)
+    return Split(pub_x, pub_y, priv_x, priv_y, source, test_x, test_y)
 
 
 IMAGENET_HELP = (
@@ -159,12 +173,16 @@ def load_imagenet(cfg: DataConfig) -> Split:
     except (RuntimeError, OSError) as exc:
         raise DataError(IMAGENET_HELP.format(root=cfg.root) + f" (cause: {exc})") from exc
     priv = _subsample(len(val), cfg.private_size, cfg.split_seed, "data.private_size")
+    test = _subsample(len(val), cfg.test_size, cfg.split_seed, "data.private_size + "
+                      "data.test_size", skip=cfg.private_size)
     priv_x, priv_y = _stack(val, priv, int, "ImageNet val")
+    test_x, test_y = _stack(val, test, int, "ImageNet val (test)")
     empty = torch.zeros(0, 3, cfg.image_size, cfg.image_size, dtype=torch.uint8)
     source = {"name": "ImageNet ILSVRC2012 val (torchvision)", "root": cfg.root,
-              "private_indices": priv.tolist(),
+              "private_indices": priv.tolist(), "test_indices": test.tolist(),
               "transform": f"Resize(256) CenterCrop({cfg.image_size})"}
-    return Split(empty, torch.zeros(0, dtype=torch.int64), priv_x, priv_y, source)
+    return Split(empty, torch.zeros(0, dtype=torch.int64), priv_x, priv_y, source, test_x,
+                 test_y)
 
 
 @DATASETS.register("imagefolder")
@@ -203,16 +221,23 @@ def load_dataset(cfg: DataConfig) -> Split:
                         {"name": cfg.dataset, "total": len(images)})
 
 
-# --- the split's files: public.pt, private.pt (uint8 images + labels), index.json ----------
+# --- the split's files: public.pt, private.pt, test.pt (uint8 images + labels), index.json --
 
-def write_split(split: Split, cfg: DataConfig, public: Path, private: Path, index: Path) -> None:
-    for path, part in ((public, "public"), (private, "private")):
+def write_split(split: Split, cfg: DataConfig, public: Path, private: Path, test: Path,
+                index: Path) -> None:
+    if split.test_images is None:  # a plugin's Split without a test part
+        split.test_images = split.private_images[:0]
+        split.test_labels = split.private_labels[:0]
+    if len(split.test_images) != cfg.test_size:
+        raise DataError(f"data.test_size is {cfg.test_size} but dataset {cfg.dataset!r} gave "
+                        f"{len(split.test_images)} test images")
+    for path, part in ((public, "public"), (private, "private"), (test, "test")):
         images, labels = getattr(split, f"{part}_images"), getattr(split, f"{part}_labels")
         io.save_torch(path, {"images": images.contiguous(), "labels": labels})
     io.write_json(index, {
         "dataset": cfg.dataset, "image_size": cfg.image_size, "num_classes": cfg.num_classes,
         "split_seed": cfg.split_seed, "public_size": len(split.public_images),
-        "private_size": len(split.private_images),
+        "private_size": len(split.private_images), "test_size": len(split.test_images),
         "pixel_range": "stored uint8 [0, 255]; loaded as float [-1, 1]",
         "private_label_counts": np.bincount(split.private_labels.numpy(),
                                             minlength=cfg.num_classes).tolist(),
@@ -220,6 +245,6 @@ def write_split(split: Split, cfg: DataConfig, public: Path, private: Path, inde
 
 
 def load_part(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images in [-1, 1] and labels of one part of the split (public.pt or private.pt)."""
+    """Images in [-1, 1] and labels of one part of the split (public.pt, private.pt, test.pt)."""
     stored = io.load_torch(path)
     return to_unit_range(stored["images"]), stored["labels"]

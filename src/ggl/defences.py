@@ -87,11 +87,12 @@ def mask_fc_columns(grads: Sequence[torch.Tensor], mask: torch.Tensor, fc_index:
 
 @dataclass
 class ClientContext:
-    """What a defence may use besides the gradient: the client's own model, image and label."""
+    """What a defence may use besides the gradient: the client's own model, images and labels
+    (one image in the gradient stage; the round's batches in the utility stage)."""
 
     model: nn.Module
-    image: torch.Tensor  # (1, 3, H, W) in [-1, 1]
-    label: torch.Tensor  # (1,)
+    image: torch.Tensor  # (n, 3, H, W) in [-1, 1]
+    label: torch.Tensor  # (n,)
     fc_index: int
     generator: torch.Generator  # the defence's own seeded RNG
 
@@ -117,18 +118,25 @@ def sparsification_defence(grads: Gradient, ctx: ClientContext, rate: float) -> 
     return prune_smallest(grads, [fraction_count(rate, g[0].numel()) for g in grads])
 
 
-def soteria_scores(model: nn.Module, image: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
-    """Soteria's per-feature score ||d r_f / d x||_2 / (r_f + 1e-10) for the fc input r."""
+def soteria_scores(model: nn.Module, image: torch.Tensor, chunk_size: int = 16) -> torch.Tensor:
+    """Soteria's per-feature score ||d r_f / d x||_2 / (r_f + 1e-10) for the fc input r, summed
+    over the images of a batch (as Soteria's code scores a batch). One backward pass of the
+    whole batch per feature (``chunk_size`` features at a time): each image's forward is its
+    own (eval mode or GroupNorm), so d(sum_i r_if)/dx_i = dr_if/dx_i."""
     from ggl.models import penultimate
 
-    x = image.detach()
-
-    def features(inp: torch.Tensor) -> torch.Tensor:
-        return penultimate(model, inp[None])[0]
-
-    jac = torch.func.jacrev(features, chunk_size=chunk_size)(x[0])  # (F, 3, H, W)
-    r = features(x[0]).detach()
-    return jac.flatten(1).norm(dim=1) / (r + 1e-10)
+    x = image.detach().requires_grad_(True)
+    r = penultimate(model, x)  # (n, F)
+    features = r.shape[1]
+    norms = []
+    for start in range(0, features, chunk_size):
+        chunk = torch.arange(start, min(features, start + chunk_size), device=r.device)
+        directions = torch.zeros(len(chunk), *r.shape, dtype=r.dtype, device=r.device)
+        directions[torch.arange(len(chunk)), :, chunk] = 1
+        (grad,) = torch.autograd.grad(r, x, directions, retain_graph=True,
+                                      is_grads_batched=True)  # (chunk, n, 3, H, W)
+        norms.append(grad.flatten(2).norm(dim=2))
+    return (torch.cat(norms).T / (r.detach() + 1e-10)).sum(0)
 
 
 def soteria_mask(scores: torch.Tensor, rate: float) -> torch.Tensor:
@@ -143,6 +151,21 @@ def soteria_mask(scores: torch.Tensor, rate: float) -> torch.Tensor:
 def soteria_defence(grads: Gradient, ctx: ClientContext, rate: float) -> Gradient:
     mask = soteria_mask(soteria_scores(ctx.model, ctx.image), rate)
     return mask_fc_columns(grads, mask, ctx.fc_index)
+
+
+@DEFENCES.register("dp-sgd")
+def dp_sgd_defence(grads: Gradient, ctx: ClientContext, noise_multiplier: float,
+                   max_grad_norm: float, delta: float) -> Gradient:
+    """One DP-SGD step of Opacus on the client's batch, which replaces the plain gradient
+    (so dp-sgd is a defence's first step); delta is the accountant's (the utility stage)."""
+    from ggl.dp import check_private_model, dp_sgd_update, noise_generator
+
+    check_private_model(ctx.model)
+    seed = int(torch.randint(2**31 - 1, (), generator=ctx.generator))
+    update = dp_sgd_update(ctx.model, [(ctx.image, ctx.label)], noise_multiplier, max_grad_norm,
+                           expected_batch_size=len(ctx.image), lr=1.0,
+                           generator=noise_generator(seed, ctx.image.device))
+    return [g.unsqueeze(0) for g in update]
 
 
 def apply_defence(grads: Gradient, steps: Sequence[DefenceStep], ctx: ClientContext) -> Gradient:
@@ -237,6 +260,14 @@ def estimate_soteria(received: Gradient, fc_index: int, **_secret: Any) -> Estim
     mask = received[fc_index].ne(0).any(dim=0)
     return Estimate((MaskColumns(mask, fc_index),),
                     {"pruned_features": int((~mask).sum()), "features": mask.numel()})
+
+
+@ESTIMATES.register("dp-sgd")
+def estimate_dp_sgd(received: Gradient, fc_index: int, max_grad_norm: float,
+                    **_secret: Any) -> Estimate:
+    """Per-sample clipping to C, a public fact of DP-SGD (published with epsilon); at one image
+    per update that is global clipping to C. The noise is not modelled (as for noise)."""
+    return Estimate((ClipGlobal(float(max_grad_norm)),), {"bound": float(max_grad_norm)})
 
 
 @ESTIMATES.register("noise")

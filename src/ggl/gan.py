@@ -11,7 +11,6 @@ cores); every value is a params field, so ``GanTrainConfig`` has no defaults.
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from ggl import io
 from ggl.config import Params
 from ggl.generators import DCGANCritic, DCGANGenerator, Generator, dcgan_checkpoint
-from ggl.runtime import derive_seed
+from ggl.runtime import data_fingerprint, derive_seed
 
 LOSS_COLUMNS = ("step", "epoch", "critic_loss", "generator_loss", "gradient_penalty",
                 "wasserstein")
@@ -85,15 +84,6 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
-
-
-def data_fingerprint(images: torch.Tensor, labels: torch.Tensor | None = None) -> str:
-    """A resume must continue on the same public images (and labels, when conditional)."""
-    digest = hashlib.sha256(str(tuple(images.shape)).encode())
-    digest.update(images.detach().cpu().contiguous().float().numpy().tobytes())
-    if labels is not None:
-        digest.update(labels.detach().cpu().contiguous().long().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class _State:

@@ -65,7 +65,13 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
     """Save tensors and plain containers; everything written loads with ``weights_only=True``."""
-    return _write_with(path, lambda tmp: torch.save(obj, tmp))
+    # through a file object: torch.save(obj, tmp_path) would write the random temporary name
+    # into the archive, and identical tensors would hash differently on every run
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+
+    return _write_with(path, write)
 
 
 def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:

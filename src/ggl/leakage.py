@@ -162,7 +162,8 @@ def leakage_table(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     for (defence, attack), part in frame.groupby(["defence", "attack"], sort=False):
         row = {"defence": defence, "attack": attack, "method": part["method"].iloc[0],
                "control": bool(part["method"].iloc[0] in CONTROLS), "images": len(part),
-               "compute": part["compute"].mean() if "compute" in part else math.nan}
+               "compute": part["compute"].mean() if "compute" in part else math.nan,
+               "epsilon": part["epsilon"].iloc[0] if "epsilon" in part else math.nan}
         for column in columns.values():
             values = part[f"{column}_above_control"]
             low, high = bootstrap_interval(values, seed)

@@ -67,14 +67,32 @@ def resnet18_imagenet(num_classes: int, width: int) -> nn.Module:
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> nn.Module:
-    """Seeded random init on the CPU (same weights on every device), then eval mode."""
+    """Seeded random init on the CPU (same weights on every device), then eval mode; with
+    ``norm: group`` its GroupNorm variant, the one Opacus accepts for DP-SGD."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = MODELS.get(cfg.arch)(num_classes=cfg.num_classes, width=cfg.width)
+    if cfg.norm == "group":
+        model = group_norm(model)
     if not isinstance(getattr(model, "fc", None), nn.Linear):
         raise ValueError(f"model.arch: {cfg.arch!r} must build an nn.Module whose last layer "
                          f"is an nn.Linear attribute named 'fc'")
     return model.to(device).eval()
+
+
+def group_norm(model: nn.Module) -> nn.Module:
+    """The model with every BatchNorm replaced by GroupNorm(gcd(32, channels), channels), in
+    place: the variant Opacus' validator accepts for DP-SGD, as its ModuleValidator.fix builds
+    it (a test holds the two equal), without importing Opacus (3 s) in every job."""
+    import math
+
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(model, name, nn.GroupNorm(math.gcd(32, child.num_features),
+                                              child.num_features, affine=child.affine))
+        else:
+            group_norm(child)
+    return model
 
 
 def fc_weight_index(model: nn.Module) -> int:

@@ -21,6 +21,30 @@ def lpips_column(frame: pd.DataFrame) -> str:
     return next(c for c in frame.columns if c.startswith("lpips"))
 
 
+EPSILON_NOTE = ("DP-SGD's epsilon (ε) here is that of the attacked update alone: one step on the "
+                "client's image taken whole (sampling rate 1), by Opacus' RDP accountant at the "
+                "defence's delta; the privacy-utility table gives federated training's")
+
+
+def epsilons(frame: pd.DataFrame) -> dict[str, float]:
+    """{dp-sgd defence: epsilon of its attacked update} (the metrics stage's column)."""
+    if "epsilon" not in frame:
+        return {}
+    rows = frame.dropna(subset=["epsilon"])
+    return rows.groupby("defence", sort=False)["epsilon"].first().to_dict()
+
+
+def defence_label(defence: str, eps: dict[str, float]) -> str:
+    """A defence's name, with its epsilon where it has one (every table and figure)."""
+    return f"{defence} (ε={eps[defence]:.3g})" if defence in eps else defence
+
+
+def epsilon_note(frame: pd.DataFrame) -> list[str]:
+    eps = epsilons(frame)
+    return [f"{EPSILON_NOTE}: " + ", ".join(f"{d} ε={e:.3g}" for d, e in eps.items())] \
+        if eps else []
+
+
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     return ["mse_i", "psnr_db_pm1", "psnr_db_01", "ssim", lpips_column(frame), "mse_r"]
 
@@ -47,6 +71,8 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     stats["images"] = grouped.size()
     stats["label_accuracy"] = frame.groupby(["defence", "attack"], sort=False)[
         "label_correct"].mean()
+    if "epsilon" in frame:  # dp-sgd: of the attacked update
+        stats["epsilon"] = frame.groupby(["defence", "attack"], sort=False)["epsilon"].first()
     return stats.reset_index()
 
 
@@ -85,6 +111,7 @@ def tables(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFrame
     attacks, by method, without a defence) when the frame has it."""
     lpips = lpips_column(frame)
     header = TABLE_HEADER.format(n=frame["image_id"].nunique(), lpips=lpips_note(lpips))
+    header += "".join(f"{n}.\n\n" for n in epsilon_note(frame))
     out = {"summary_csv": summary.to_csv(index=False),
            "leakage_csv": leakage.to_csv(index=False),
            "leakage_md": leakage_markdown(frame, leakage)}
@@ -191,8 +218,10 @@ def leakage_markdown(frame: pd.DataFrame, leakage: pd.DataFrame) -> str:
         return (f"{row[key]:.3g} [{row[key + '_low']:.3g}, {row[key + '_high']:.3g}]"
                 if pd.notna(row[key]) else "n/a")
 
+    eps = epsilons(frame)
     table = pd.DataFrame({
-        "defence": leakage["defence"], "attack": leakage["attack"],
+        "defence": [defence_label(d, eps) for d in leakage["defence"]],
+        "attack": leakage["attack"],
         "PSNR above control (dB)": [interval(r, "psnr_db_pm1_above_control")
                                     for _, r in leakage.iterrows()],
         "strongest control": leakage["psnr_db_pm1_control"],
@@ -208,7 +237,9 @@ def leakage_markdown(frame: pd.DataFrame, leakage: pd.DataFrame) -> str:
                           for _, r in leakage.iterrows()]})
     header = LEAKAGE_HEADER.format(n=frame["image_id"].nunique(), intervals=INTERVALS,
                                    lpips=lpips_note(lpips))
-    return "# Leakage above control\n\n" + header + table.to_markdown(index=False) + "\n"
+    notes = "".join(f"{n}.\n\n" for n in epsilon_note(frame))
+    return ("# Leakage above control\n\n" + header + notes + table.to_markdown(index=False)
+            + "\n")
 
 
 # --- figures -----------------------------------------------------------------------------
@@ -236,15 +267,19 @@ def sweep_plot(frame: pd.DataFrame, kind: str, strengths: dict[str, float], lpip
         ax.set_xlabel(f"{kind} {STRENGTH[kind]}")
         clamp_to_range(ax, metric)
     legend_outside(axes[-1])
-    fig.suptitle(f"attack quality against {kind} strength (mean ± sd over images)", fontsize=9)
+    eps = epsilons(rows)
+    note = ("; ε of the attacked update: " + ", ".join(
+        f"{strengths[d]:g}: {e:.3g}" for d, e in eps.items())) if eps else ""
+    fig.suptitle(f"attack quality against {kind} strength (mean ± sd over images){note}",
+                 fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def reconstruction_grid(private: torch.Tensor, reconstructions: dict[str, dict[str, Any]],
-                        title: str) -> Any:
-    """Rows: the private image, then one per attack; columns: defences.
-    ``reconstructions``: {defence: {attack: (3, H, W) image}}."""
+                        title: str, eps: dict[str, float] | None = None) -> Any:
+    """Rows: the private image, then one per attack; columns: defences (with ``eps``, the
+    epsilon of each dp-sgd defence). ``reconstructions``: {defence: {attack: (3, H, W)}}."""
     plt = _plt()
     defences = list(reconstructions)
     attacks = list(reconstructions[defences[0]])
@@ -258,7 +293,7 @@ def reconstruction_grid(private: torch.Tensor, reconstructions: dict[str, dict[s
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(defence, fontsize=8)
+                ax.set_title(defence_label(defence, eps or {}), fontsize=8)
             if j == 0:
                 ax.set_ylabel("private" if i == 0 else attacks[i - 1], fontsize=8)
     fig.suptitle(title, fontsize=9)
@@ -319,7 +354,8 @@ def metric_plot(frame: pd.DataFrame, metric: str) -> Any:
             ax.hlines(values.mean(), x - slot * 0.45, x + slot * 0.45, color=f"C{j}", lw=2)
     for i in range(1, len(defences)):
         ax.axvline(i - 0.5, color="0.88", lw=0.8)
-    ax.set_xticks(range(len(defences)), defences, fontsize=8)
+    eps = epsilons(frame)
+    ax.set_xticks(range(len(defences)), [defence_label(d, eps) for d in defences], fontsize=8)
     ax.set_xlim(-0.5, len(defences) - 0.5)
     ax.set_ylabel(f"{metric} ({BETTER['lpips' if metric.startswith('lpips') else metric]} = "
                   "more leakage)", fontsize=8)

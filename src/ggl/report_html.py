@@ -12,7 +12,17 @@ import pandas as pd
 from ggl.leakage import INTERVALS
 from ggl.metrics import CONVENTIONS
 from ggl.paper import NOTES, paper_cell
-from ggl.report import LEAKAGE_HEADER, ggl_attacks, headline, lpips_column, lpips_note, mean_std
+from ggl.report import (
+    LEAKAGE_HEADER,
+    defence_label,
+    epsilon_note,
+    epsilons,
+    ggl_attacks,
+    headline,
+    lpips_column,
+    lpips_note,
+    mean_std,
+)
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 1.2em; color: #222; }
@@ -82,7 +92,7 @@ def conventions(frame: pd.DataFrame) -> list[str]:
             f"SSIM: {CONVENTIONS['ssim']}. MSE-I: {CONVENTIONS['mse_i']}. "
             f"MSE-R: {CONVENTIONS['mse_r']}.",
             f"{lpips_note(lpips)} (column {lpips}); lower is more leakage.",
-            f"Budgets: {CONVENTIONS['evaluations']}."]
+            f"Budgets: {CONVENTIONS['evaluations']}.", *epsilon_note(frame)]
 
 
 def _paper_note(experiment: str, defence: str, attack: str, metric: str) -> str:
@@ -206,7 +216,9 @@ def leakage_page(frame: pd.DataFrame, leakage: pd.DataFrame, experiment: str) ->
     """Every attack and control: its metrics above the strongest control with intervals, and
     the re-identification rate and mean rank against chance."""
     lpips = lpips_column(frame)
-    rows = [[esc(r["defence"]), esc(r["attack"]), interval(r, "psnr_db_pm1_above_control"),
+    eps = epsilons(frame)
+    rows = [[esc(defence_label(r["defence"], eps)), esc(r["attack"]),
+             interval(r, "psnr_db_pm1_above_control"),
              interval(r, "ssim_above_control"), interval(r, f"{lpips}_above_control"),
              name(r["psnr_db_pm1_control"]),
              f"{interval(r, 'reid_top1_ssim')} <small>chance {r['reid_top1_chance']:.3g}</small>",
@@ -222,7 +234,8 @@ def leakage_page(frame: pd.DataFrame, leakage: pd.DataFrame, experiment: str) ->
                  rows, text_columns=(1, 5, 9, 11))
     intro = LEAKAGE_HEADER.format(n=frame["image_id"].nunique(), intervals=INTERVALS,
                                   lpips=lpips_note(lpips))
-    return page(f"{experiment}: leakage above control", [intro.strip()], body)
+    return page(f"{experiment}: leakage above control", [intro.strip(), *epsilon_note(frame)],
+                body)
 
 
 # --- the first page ------------------------------------------------------------------------
@@ -302,7 +315,8 @@ def overview_page(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFr
     """The report's first page: per defence, leakage above control of the best GGL attack and
     the best baseline, then GGL against the baselines, and the generator."""
     best = headline(frame, summary, leakage)
-    side_rows = [[esc(r["defence"]), esc(r[f"{side}_attack"] or "none"),
+    eps = epsilons(frame)
+    side_rows = [[esc(defence_label(r["defence"], eps)), esc(r[f"{side}_attack"] or "none"),
                   interval(r, f"{side}_psnr_db_pm1_above_control")
                   if r[f"{side}_attack"] else "n/a",
                   name(r[f"{side}_psnr_db_pm1_control"]) if r[f"{side}_attack"] else "",
@@ -318,7 +332,7 @@ def overview_page(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFr
                   "verdict", "at the end of its budget"], side_rows, text_columns=(1, 3, 5, 6))
     ggl = ggl_attacks(frame)
     paper = any(_paper_best_ggl(experiment, d, ggl) for d in best["defence"])
-    rows = [[esc(r["defence"]),
+    rows = [[esc(defence_label(r["defence"], eps)),
              esc(r["ggl_attack"] or "none"), number(r["ggl_psnr_db_pm1"]),
              number(r["ggl_lpips"]), number(r["ggl_ssim"]),
              esc(r["baseline_attack"] or "none"), number(r["baseline_psnr_db_pm1"]),
@@ -346,7 +360,8 @@ def overview_page(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFr
               "(above). The full tables: Table 2, Table 3 and the summary, under Tables.</p>"
             + "<h2>Generator</h2>" + quality_section(quality, generator_kind))
     return page(f"{experiment}: how much does the gradient leak?",
-                conventions(frame)[:4] + _paper_conventions(experiment, frame), body)
+                conventions(frame)[:4] + epsilon_note(frame)
+                + _paper_conventions(experiment, frame), body)
 
 
 def html_pages(frame: pd.DataFrame, summary: pd.DataFrame, leakage: pd.DataFrame,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from pathlib import Path
@@ -23,10 +24,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def derive_seed(*parts: object) -> int:
     """A stable 31-bit seed from any parts (names, indices): same parts, same seed, every run."""
-    import hashlib
-
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def data_fingerprint(images: torch.Tensor, labels: torch.Tensor | None = None) -> str:
+    """A short hash of tensors (and labels): a resume must continue on the same data."""
+    digest = hashlib.sha256(str(tuple(images.shape)).encode())
+    digest.update(images.detach().cpu().contiguous().float().numpy().tobytes())
+    if labels is not None:
+        digest.update(labels.detach().cpu().contiguous().long().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def get_logger(name: str, path: str | Path | None = None) -> logging.Logger:

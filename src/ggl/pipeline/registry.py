@@ -70,11 +70,17 @@ def _biggan(params: Params) -> bool:
     return params.generator.kind == "biggan-deep-256"
 
 
+def _utility(params: Params) -> bool:
+    return params.utility.rounds > 0
+
+
 OUT = "results/{experiment}"
 GAN = "results/{experiment}/generator"
 RUN = "results/{experiment}/attacks/{defence}/{attack}/{image}"
+UTILITY = "results/{experiment}/utility/{defence}"
 SAMPLES = ("generator_samples.rst", "Generator")
 TABLE_CSV = ("table_csv.rst", "CSV downloads")
+PRIVACY_UTILITY = ("privacy_utility.rst", "Privacy and utility")
 
 
 def available(name: str, params: Params) -> bool:
@@ -236,6 +242,7 @@ STAGE_KINDS: list[StageKind] = [
         inputs=(),
         outputs={"public": File("data/{experiment}/public.pt"),
                  "private": File("data/{experiment}/private.pt"),
+                 "test": File("data/{experiment}/test.pt"),  # held out: the utility stage's
                  "index": File("data/{experiment}/index.json")},
         params=("experiment", "data"),
         # decodes 182k CelebA JPEGs, or unpacks ImageNet val (6.4 GB)
@@ -253,6 +260,21 @@ STAGE_KINDS: list[StageKind] = [
                 "model", "defences.{defence}"),
         # per image one backward pass; Soteria: 512 feature Jacobians
         resources={"runtime": 120, "mem_mb": 8000},
+    ),
+    StageKind(
+        name="utility",
+        summary="federated averaging of the model on the private split under one defence: "
+                "test accuracy per round, and epsilon under dp-sgd",
+        wildcards=("defence",),
+        when=_utility,
+        inputs=("private", "test"),
+        outputs={"utility_rounds": File(f"{UTILITY}/rounds.csv"),
+                 "utility_summary": File(f"{UTILITY}/summary.json"),
+                 "utility_model": File(f"{UTILITY}/model.pt")},
+        scratch={"utility_resume": File(f"{UTILITY}/resume.pt")},
+        params=("experiment", "data.num_classes", "model", "defences.{defence}", "utility"),
+        # K clients' local steps for R rounds; Soteria scores every image of a round
+        resources={**RESOURCES_GPU, "runtime": 240, "mem_mb": 16000},
     ),
     StageKind(
         name="train-gan",
@@ -332,10 +354,17 @@ STAGE_KINDS: list[StageKind] = [
         name="aggregate",
         summary="the paper's tables and figures from metrics.csv",
         inputs=("metrics", "quality_curves", "private", "reconstruction", "result", "curve",
-                "quality"),
+                "quality", "utility_summary"),
         outputs={"overview_html": File(f"{OUT}/tables/overview.html",
                                        report=("overview.rst", "Overview")),
                  "leakage_csv": File(f"{OUT}/tables/leakage.csv", report=TABLE_CSV),
+                 "privacy_utility_csv": File(f"{OUT}/tables/privacy_utility.csv", _utility,
+                                             TABLE_CSV),
+                 "privacy_utility_md": File(f"{OUT}/tables/privacy_utility.md", _utility),
+                 "privacy_utility_html": File(f"{OUT}/tables/privacy_utility.html", _utility,
+                                              PRIVACY_UTILITY),
+                 "privacy_utility_png": File(f"{OUT}/figures/privacy_utility.png", _utility,
+                                             PRIVACY_UTILITY),
                  "leakage_md": File(f"{OUT}/tables/leakage.md"),
                  "leakage_html": File(f"{OUT}/tables/leakage.html",
                                       report=("leakage.rst", "Tables")),

@@ -8,6 +8,14 @@ import pandas as pd
 
 from ggl import io
 from ggl.data import load_part
+from ggl.frontier import (
+    caption,
+    frontier_html,
+    frontier_markdown,
+    frontier_plot,
+    frontier_table,
+    weakest_stopping,
+)
 from ggl.leakage import leakage_table
 from ggl.metrics import as_stack
 from ggl.pipeline.registry import METRIC_PLOTS, Stage
@@ -15,6 +23,7 @@ from ggl.quality_curve import still_improving
 from ggl.report import (
     check_complete,
     convergence_plot,
+    epsilons,
     ggl_attacks,
     headline_metrics,
     lpips_column,
@@ -46,6 +55,8 @@ def run(stage: Stage, log: Logger) -> None:
         if name in texts:
             io.write_text(stage.output(name), texts[name])
     io.write_json(stage.output("headline"), headline_metrics(frame, summary, leakage, quality))
+    if stage.has("privacy_utility_png"):
+        write_frontier(stage, leakage, len(params.private_images))
 
     images, _ = load_part(stage.input("private"))
     for index, image in zip(params.private_images, params.image_ids(), strict=True):
@@ -54,7 +65,8 @@ def run(stage: Stage, log: Logger) -> None:
                          "reconstruction", defence=d, attack=a, image=image)))[0]
                      for a in params.attacks} for d in params.defences}
         io.save_figure(stage.output("grid", image=image), reconstruction_grid(
-            images[index], shown, f"{params.experiment}: reconstructions of {image}"))
+            images[index], shown, f"{params.experiment}: reconstructions of {image}",
+            epsilons(frame)))
     io.save_figure(stage.output("quality_vs_compute"), quality_vs_compute_plot(curves))
     for metric in METRIC_PLOTS:
         column = lpips if metric == "lpips" else metric
@@ -72,6 +84,20 @@ def run(stage: Stage, log: Logger) -> None:
              for attack, frames in curves.items()
              for image, curve in zip(params.image_ids(), frames, strict=True)]).to_csv(index=False))
     log.info("tables and figures of %d runs", len(frame))
+
+
+def write_frontier(stage: Stage, leakage: pd.DataFrame, images: int) -> None:
+    """The privacy-utility frontier: figure and tables (ggl.frontier)."""
+    params = stage.params
+    utility = {d: io.read_json(stage.input("utility_summary", defence=d)) for d in params.defences}
+    table = frontier_table(leakage, utility, params)
+    stopping = weakest_stopping(table)
+    lines = caption(params, utility, images)
+    io.write_text(stage.output("privacy_utility_csv"), table.to_csv(index=False))
+    io.write_text(stage.output("privacy_utility_md"), frontier_markdown(table, stopping, lines))
+    io.write_text(stage.output("privacy_utility_html"),
+                  frontier_html(table, stopping, lines, params.experiment))
+    io.save_figure(stage.output("privacy_utility_png"), frontier_plot(table))
 
 
 def _best_curve(stage: Stage, attack: str, image: str) -> pd.DataFrame:

@@ -46,6 +46,7 @@ def run(stage: Stage, log: Logger) -> None:
         rows.append({
             "image_id": image, "private_index": truth["private_index"],
             "defence": defence, "attack": attack, "method": result["method"],
+            "epsilon": truth["defence"].get("epsilon"),  # dp-sgd: of the attacked update
             "samples": len(stack), **{k: sum(v) / len(v) for k, v in values.items()},
             "reid_rank_ssim": rank, "reid_top1_ssim": top1,
             "reid_candidates": len(distractors) + 1,

@@ -12,6 +12,6 @@ def run(stage: Stage, log: Logger) -> None:
     params = stage.params
     split = load_dataset(params.data)
     write_split(split, params.data, stage.output("public"), stage.output("private"),
-                stage.output("index"))
-    log.info("split %s: %d public, %d private images", params.data.dataset,
-             len(split.public_images), len(split.private_images))
+                stage.output("test"), stage.output("index"))
+    log.info("split %s: %d public, %d private, %d test images", params.data.dataset,
+             len(split.public_images), len(split.private_images), len(split.test_images))
