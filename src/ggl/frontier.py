@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from ggl.config import STRENGTH, STRONGER_WHEN_SMALLER, Params
+from ggl.leakage import wilson_interval
 
 LEAKS = "leaks"  # how ggl.leakage.verdict begins when an interval lies above 0
 PSNR = "psnr_db_pm1_above_control"
@@ -54,6 +55,9 @@ def frontier_table(leakage: pd.DataFrame, utility: Mapping[str, dict[str, Any]],
             "family": kind, "defence": defence, "strength": strength,
             "setting": "no defence" if defence == "none" else f"{STRENGTH[kind]} {strength:g}",
             "test_accuracy": summary.get("test_accuracy", math.nan),
+            **dict(zip(("test_accuracy_low", "test_accuracy_high"), wilson_interval(
+                summary.get("test_accuracy", math.nan), summary.get("test_images", 0))
+                if summary else (math.nan, math.nan), strict=True)),
             "accuracy_cost": base - summary.get("test_accuracy", math.nan),
             "epsilon": dp.get("epsilon", math.nan), "delta": dp.get("delta", math.nan),
             "leaks": bool(part["verdict"].str.startswith(LEAKS).any()),
@@ -116,7 +120,10 @@ def frontier_cells(frontier: pd.DataFrame, stopping: pd.DataFrame
     settings = pd.DataFrame({
         "defence": frontier["defence"], "family": frontier["family"],
         "setting": frontier["setting"],
-        "test accuracy": frontier["test_accuracy"].map(fmt(".3f")),
+        "test accuracy [95 % interval]": [
+            f"{r['test_accuracy']:.3f} [{r['test_accuracy_low']:.2f}, "
+            f"{r['test_accuracy_high']:.2f}]" if pd.notna(r["test_accuracy"]) else ""
+            for _, r in frontier.iterrows()],
         "accuracy cost": frontier["accuracy_cost"].map(fmt("+.3f")),
         "epsilon": frontier["epsilon"].map(fmt(".3g")),
         "best attack": frontier["best_attack"] if "best_attack" in frontier else "",
@@ -149,8 +156,9 @@ def frontier_html(frontier: pd.DataFrame, stopping: pd.DataFrame, caption: list[
 
 
 def frontier_plot(frontier: pd.DataFrame) -> Any:
-    """One panel per family: PSNR above control of the best attack (95 % interval) against
-    test accuracy; each point labelled with its setting (and epsilon), no defence as a star."""
+    """One panel per family: PSNR above control of the best attack against test accuracy, both
+    with 95 % intervals; each point labelled with its setting (and epsilon), no defence as a
+    star."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,9 +171,11 @@ def frontier_plot(frontier: pd.DataFrame) -> Any:
     for ax, kind in zip(axes[0], kinds, strict=False):
         part = frontier[frontier["family"] == kind]
         err = [part[PSNR] - part[f"{PSNR}_low"], part[f"{PSNR}_high"] - part[PSNR]]
+        xerr = [part["test_accuracy"] - part["test_accuracy_low"],
+                part["test_accuracy_high"] - part["test_accuracy"]]
         colours = ["tab:red" if leaks else "tab:blue" for leaks in part["leaks"]]
-        ax.errorbar(part["test_accuracy"], part[PSNR], yerr=err, fmt="none", ecolor="grey",
-                    lw=0.8)
+        ax.errorbar(part["test_accuracy"], part[PSNR], xerr=xerr, yerr=err, fmt="none",
+                    ecolor="lightgrey", lw=0.8)
         ax.scatter(part["test_accuracy"], part[PSNR], c=colours, zorder=3, s=22)
         ax.plot(part["test_accuracy"], part[PSNR], color="grey", lw=0.6, alpha=0.6)
         for _, r in part.iterrows():
@@ -181,7 +191,8 @@ def frontier_plot(frontier: pd.DataFrame) -> Any:
         ax.set_xlabel("test accuracy (utility stage)", fontsize=8)
     axes[0][0].set_ylabel("best attack: PSNR above control (dB)", fontsize=8)
     fig.suptitle("privacy-utility frontier: red = some attack leaks beyond the controls, "
-                 "blue = none does (95 % intervals)", fontsize=8)
+                 "blue = none does; 95 % intervals (PSNR: bootstrap over images, accuracy: "
+                 "Wilson over test images)", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -196,8 +207,10 @@ def caption(params: Params, utility: Mapping[str, dict[str, Any]], images: int) 
         f"averaging ({cfg.clients} clients, {cfg.partition} partition of the "
         f"{sum(first['client_sizes'])} private images, {cfg.local_steps} local SGD step(s) of "
         f"{cfg.batch_size} images at lr {cfg.lr:g} per round), on {first['test_images']} "
-        f"held-out test images (chance {first['chance_accuracy']:.3f}); accuracy cost = "
-        f"accuracy without defence minus accuracy with it.",
+        f"held-out test images (chance {first['chance_accuracy']:.3f}; 95 % Wilson interval "
+        f"over the test images); accuracy cost = accuracy without defence minus accuracy with "
+        f"it. One seed: the accuracy also moves from round to round (read rounds.csv) and a "
+        f"cost within the intervals is not a measured cost.",
         f"Model: {model.arch}, width {model.width}, {first['model_note']}; the attacks target "
         f"the same model at its random initialisation, one image per update.",
         f"Leakage: the best attack's PSNR ([-1, 1] convention, dB) above the strongest control "

@@ -384,12 +384,12 @@ def convergence_plot(curves: dict[str, list[pd.DataFrame]], defence: str) -> Any
     return fig
 
 
-def quality_vs_compute_plot(frame: pd.DataFrame) -> Any:
+def quality_vs_compute_plot(frame: pd.DataFrame, eps: dict[str, float] | None = None) -> Any:
     """PSNR of the best-so-far reconstruction against compute, one panel per defence, one
     colour per attack: per-image checkpoints as faint points, their mean over images as a line.
     ``frame``: checkpoint rows (``ggl.quality_curve``). An attack that uses no model pass (the
     prior and label-only controls) or of unknown compute (a plugin) is a dashed line at its
-    mean final PSNR."""
+    mean final PSNR. ``eps``: the epsilon of each dp-sgd defence, in its panel's title."""
     from matplotlib.ticker import NullFormatter
 
     plt = _plt()
@@ -415,7 +415,7 @@ def quality_vs_compute_plot(frame: pd.DataFrame) -> Any:
                     label=attack)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^1 ... crowd the axis
-        ax.set_title(defence, fontsize=9)
+        ax.set_title(defence_label(defence, eps or {}), fontsize=9)
         ax.set_xlabel("compute (model passes, log scale)", fontsize=8)
     axes[0][0].set_ylabel("PSNR (dB, [-1, 1] images, peak 1)", fontsize=8)
     clamp_to_range(axes[0][0], "psnr_db_pm1")

@@ -67,7 +67,8 @@ def run(stage: Stage, log: Logger) -> None:
         io.save_figure(stage.output("grid", image=image), reconstruction_grid(
             images[index], shown, f"{params.experiment}: reconstructions of {image}",
             epsilons(frame)))
-    io.save_figure(stage.output("quality_vs_compute"), quality_vs_compute_plot(curves))
+    io.save_figure(stage.output("quality_vs_compute"),
+                   quality_vs_compute_plot(curves, epsilons(frame)))
     for metric in METRIC_PLOTS:
         column = lpips if metric == "lpips" else metric
         io.save_figure(stage.output("metric_plot", metric=metric), metric_plot(frame, column))
