@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ggl import io
-from ggl.config import DefenceStep, Params, image_id
+from ggl.config import DefenceStep, Params, dp_sgd_step, image_id
 from ggl.defences import ClientContext, Gradient, apply_defence
 from ggl.errors import GglError
 from ggl.models import build_model, fc_weight_index
@@ -44,11 +44,10 @@ def defended_gradients(params: Params, defence: str, images: torch.Tensor, label
     device = resolve_device(params.device)
     steps = params.defences[defence]
     record = {"name": defence, "steps": [{"kind": s.kind, **s.settings} for s in steps]}
-    if steps and steps[0].kind == "dp-sgd":  # a public fact of the protocol, as its settings
+    if (dp := dp_sgd_step(steps)) is not None:  # a public fact of the protocol, as its settings
         from ggl.dp import update_epsilon
 
-        record["epsilon"] = update_epsilon(steps[0].settings["noise_multiplier"],
-                                           steps[0].settings["delta"])
+        record["epsilon"] = update_epsilon(dp.settings["noise_multiplier"], dp.settings["delta"])
     model = build_model(params.model, device)
     fc_index = fc_weight_index(model)
     names = [name for name, _ in model.named_parameters()]

@@ -6,6 +6,7 @@ than the minimum of 0``), and expose typed dataclasses.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -158,6 +159,11 @@ class DefenceStep:
         return cls(raw["kind"], {k: v for k, v in raw.items() if k != "kind"})
 
 
+def dp_sgd_step(steps: Sequence[DefenceStep]) -> DefenceStep | None:
+    """A defence's dp-sgd step (always its first), or None."""
+    return steps[0] if steps and steps[0].kind == "dp-sgd" else None
+
+
 # The setting that measures a defence kind's strength (params sweep it, the paper's Fig. 7)
 STRENGTH = {"noise": "sigma", "clipping": "bound", "sparsification": "rate", "soteria": "rate",
             "dp-sgd": "noise_multiplier"}
@@ -285,15 +291,20 @@ class Params:
     def image_ids(self) -> list[str]:
         return [image_id(i) for i in self.private_images]
 
-    def sweeps(self) -> dict[str, dict[str, float]]:
-        """{kind: {defence name: strength}} for every defence kind params try at 3 or more
-        strengths (one-step defences of that kind, e.g. Soteria at 0-80 %, the paper's Fig.
-        7); ``none`` joins a sweep as strength 0 where 0 means no defence."""
-        sweeps: dict[str, dict[str, float]] = {}
+    def families(self) -> dict[str, dict[str, float]]:
+        """{kind: {defence name: strength}} of every one-step defence whose kind has a strength
+        setting (``STRENGTH``)."""
+        families: dict[str, dict[str, float]] = {}
         for name, steps in self.defences.items():
             if len(steps) == 1 and steps[0].kind in STRENGTH:
-                sweeps.setdefault(steps[0].kind, {})[name] = float(
+                families.setdefault(steps[0].kind, {})[name] = float(
                     steps[0].settings[STRENGTH[steps[0].kind]])
+        return families
+
+    def sweeps(self) -> dict[str, dict[str, float]]:
+        """The families params try at 3 or more strengths (e.g. Soteria at 0-80 %, the paper's
+        Fig. 7); ``none`` joins a sweep as strength 0 where 0 means no defence."""
+        sweeps = self.families()
         if "none" in self.defences:
             for kind in sweeps.keys() & ZERO_IS_NONE:
                 sweeps[kind]["none"] = 0.0

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ggl import io
-from ggl.config import DefenceStep, UtilityConfig
+from ggl.config import DefenceStep, UtilityConfig, dp_sgd_step
 from ggl.defences import ClientContext, Gradient, apply_defence
 from ggl.errors import GglError
 from ggl.runtime import data_fingerprint, derive_seed
@@ -57,6 +57,11 @@ def partition(labels: torch.Tensor, cfg: UtilityConfig) -> list[torch.Tensor]:
                          f"{cfg.clients} clients get no image; raise utility.alpha or lower "
                          f"utility.clients")
     return out
+
+
+def sample_rate(cfg: UtilityConfig, images: int) -> float:
+    """DP-SGD's Poisson sampling rate for a client of ``images`` images."""
+    return min(1.0, cfg.batch_size / images)
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -97,11 +102,11 @@ def client_round(model: nn.Module, client: Client, steps: Sequence[DefenceStep],
     sampling = torch.Generator().manual_seed(derive_seed(seed, "batches"))
     defence_rng = torch.Generator().manual_seed(derive_seed(seed, "defence"))
     n = len(client.images)
-    if steps and steps[0].kind == "dp-sgd":
+    if (dp_step := dp_sgd_step(steps)) is not None:
         from ggl.dp import dp_sgd_update, noise_generator, poisson_batches
 
-        dp = steps[0].settings
-        batches = poisson_batches(client.images, client.labels, min(1.0, cfg.batch_size / n),
+        dp = dp_step.settings
+        batches = poisson_batches(client.images, client.labels, sample_rate(cfg, n),
                                   cfg.local_steps, sampling)
         update = dp_sgd_update(model, batches, dp["noise_multiplier"], dp["max_grad_norm"],
                                expected_batch_size=cfg.batch_size, lr=cfg.lr,
@@ -146,22 +151,17 @@ class Training:
     rows: list[dict[str, Any]]  # round, test_accuracy, test_loss, epsilon (None: no dp-sgd)
     model: nn.Module
     client_sizes: list[int]
-    epsilon: float | None  # dp-sgd: after all rounds, the largest over clients
-
-
-def dp_step(steps: Sequence[DefenceStep]) -> DefenceStep | None:
-    return steps[0] if steps and steps[0].kind == "dp-sgd" else None
 
 
 def round_epsilon(steps: Sequence[DefenceStep], cfg: UtilityConfig, client_sizes: Sequence[int],
                   rounds: int) -> float | None:
     """Epsilon of dp-sgd after ``rounds`` rounds (the largest over clients); None without it."""
-    dp = dp_step(steps)
+    dp = dp_sgd_step(steps)
     if dp is None:
         return None
     from ggl.dp import max_epsilon
 
-    rates = [min(1.0, cfg.batch_size / n) for n in client_sizes]
+    rates = [sample_rate(cfg, n) for n in client_sizes]
     return max_epsilon(dp.settings["noise_multiplier"], rates, rounds * cfg.local_steps,
                        dp.settings["delta"])
 
@@ -192,7 +192,7 @@ def train_federated(model: nn.Module, clients: Sequence[Client], steps: Sequence
                          cfg.rounds)
         elif log:
             log.info("%s was written for other settings or data: starting over", resume_path)
-    if dp_step(steps) is not None:
+    if dp_sgd_step(steps) is not None:
         from ggl.dp import check_private_model
 
         check_private_model(model)
@@ -210,7 +210,7 @@ def train_federated(model: nn.Module, clients: Sequence[Client], steps: Sequence
                      rows[-1]["test_loss"])
         if on_round_end is not None:
             on_round_end(r)
-    return Training(rows, model, sizes, round_epsilon(steps, cfg, sizes, cfg.rounds))
+    return Training(rows, model, sizes)
 
 
 def _row(r: int, model: nn.Module, test: Client, steps: Sequence[DefenceStep],

@@ -19,17 +19,6 @@ LEAKS = "leaks"  # how ggl.leakage.verdict begins when an interval lies above 0
 PSNR = "psnr_db_pm1_above_control"
 
 
-def families(params: Params) -> dict[str, dict[str, float]]:
-    """{defence kind: {defence name: strength}} of every one-step defence whose kind has a
-    strength setting (``config.STRENGTH``)."""
-    out: dict[str, dict[str, float]] = {}
-    for name, steps in params.defences.items():
-        if len(steps) == 1 and steps[0].kind in STRENGTH:
-            out.setdefault(steps[0].kind, {})[name] = float(
-                steps[0].settings[STRENGTH[steps[0].kind]])
-    return out
-
-
 def protection_order(kind: str, strengths: Mapping[str, float]) -> list[str]:
     """Defence names from the weakest setting to the strongest."""
     return sorted(strengths, key=lambda d: strengths[d],
@@ -38,14 +27,15 @@ def protection_order(kind: str, strengths: Mapping[str, float]) -> list[str]:
 
 def frontier_table(leakage: pd.DataFrame, utility: Mapping[str, dict[str, Any]],
                    params: Params) -> pd.DataFrame:
-    """One row per defence setting of a family, and ``none``: test accuracy and its cost against
-    ``none``, epsilon (dp-sgd), the best attack by PSNR above control with its interval, and
-    whether any attack leaks beyond the controls (by PSNR or re-identification)."""
+    """One row per defence setting of a family (``Params.families``), and ``none``: test
+    accuracy and its cost against ``none``, epsilon (dp-sgd), the best attack by PSNR above
+    control with its interval, and whether any attack leaks beyond the controls (by PSNR or
+    re-identification)."""
     attacks = leakage[~leakage["control"]]
     base = utility.get("none", {}).get("test_accuracy", math.nan)
     rows = []
     ordered = [("none", "none", math.nan)] if "none" in params.defences else []
-    for kind, strengths in families(params).items():
+    for kind, strengths in params.families().items():
         ordered += [(kind, d, strengths[d]) for d in protection_order(kind, strengths)]
     for kind, defence, strength in ordered:
         part = attacks[attacks["defence"] == defence]

@@ -7,9 +7,10 @@ from dataclasses import asdict
 from logging import Logger
 
 from ggl import io
+from ggl.config import dp_sgd_step
 from ggl.data import load_part
 from ggl.dp import ACCOUNTANT, NORM_NOTE
-from ggl.federated import Client, dp_step, partition, train_federated
+from ggl.federated import Client, partition, sample_rate, train_federated
 from ggl.models import build_model
 from ggl.pipeline.registry import Stage
 from ggl.runtime import resolve_device
@@ -38,7 +39,7 @@ def run(stage: Stage, log: Logger) -> None:
          for r in trained.rows]))
     io.save_torch(stage.output("utility_model"), trained.model.state_dict())
     final = trained.rows[-1]
-    dp = dp_step(steps)
+    dp = dp_sgd_step(steps)
     io.write_json(stage.output("utility_summary"), {
         "defence": defence, "steps": settings["steps"], **settings["utility"],
         "client_sizes": trained.client_sizes, "test_images": len(test_images),
@@ -48,13 +49,13 @@ def run(stage: Stage, log: Logger) -> None:
         "initial_test_accuracy": trained.rows[0]["test_accuracy"],
         "chance_accuracy": float(test_labels.bincount().max()) / len(test_labels),
         "dp": None if dp is None else {
-            **dp.settings, "epsilon": trained.epsilon, "accountant": ACCOUNTANT,
-            "sample_rates": [min(1.0, cfg.batch_size / n) for n in trained.client_sizes],
+            **dp.settings, "epsilon": final["epsilon"], "accountant": ACCOUNTANT,
+            "sample_rates": [sample_rate(cfg, n) for n in trained.client_sizes],
             "steps": cfg.rounds * cfg.local_steps,
             "scope": "each client's data, over all rounds; the largest epsilon over clients"},
     })
     resume.unlink(missing_ok=True)  # only now: the outputs are safe
     log.info("defence %s: test accuracy %.4f after %d rounds%s", defence,
              final["test_accuracy"], cfg.rounds,
-             "" if dp is None else f", epsilon {trained.epsilon:.3g} at delta "
+             "" if dp is None else f", epsilon {final['epsilon']:.3g} at delta "
                                    f"{dp.settings['delta']:g}")
