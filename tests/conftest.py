@@ -21,6 +21,15 @@ os.environ.setdefault("GGL_THREADS", "1")
 os.environ["PATH"] = f"{Path(os.sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
+# The README's test command runs two xdist workers, each taking whole files (module fixtures run
+# once): the two files that run the pipeline end to end start first, so the workers end together.
+HEAVY_FILES = ("test_pipeline.py", "test_experiments.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in HEAVY_FILES)  # stable: file order kept
+
+
 def repo_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 

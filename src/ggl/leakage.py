@@ -199,4 +199,4 @@ def verdict(row: dict) -> str:
         return f"leaks beyond the controls ({' and '.join(above)})"
     if all(high < 0 for _, high in known.values()):
         return "below the strongest control"
-    return "no leakage beyond the controls was measured (intervals contain 0)"
+    return "no leakage beyond the controls was measured (an interval contains 0)"
