@@ -93,3 +93,17 @@ def test_a_defence_strength_sweep_gets_its_plot(tmp_path):
     path = io.save_figure(tmp_path / "s.png",
                           sweep_plot(frame, "soteria", sweeps["soteria"], "lpips_vgg"))
     assert path.stat().st_size > 0
+
+
+def test_a_permuted_batch_is_matched_back_to_its_truths():
+    from ggl.metrics import match_batch
+
+    gen = torch.Generator().manual_seed(0)
+    truths = torch.rand(5, 3, 8, 8, generator=gen) * 2 - 1
+    order = [3, 0, 4, 1, 2]
+    noisy = truths[order] + 0.05 * torch.randn(5, 3, 8, 8, generator=gen)
+    matched = match_batch(noisy, truths)
+    assert [order[m] for m in matched] == [0, 1, 2, 3, 4]
+    # the optimal assignment, not each truth's nearest: both truths' nearest is the first image
+    flat = [torch.full((3, 2, 2), v) for v in (0.0, 1.0, 0.45, -1.0)]
+    assert match_batch(torch.stack(flat[2:]), torch.stack(flat[:2])) == [1, 0]

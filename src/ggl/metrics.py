@@ -33,6 +33,17 @@ def psnr_from_mse(mse: float, peak: float = 1.0) -> float:
     return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
 
 
+def match_batch(reconstructions: torch.Tensor, truths: torch.Tensor) -> list[int]:
+    """For a batch attack (B > 1), which reconstruction each private image is scored against:
+    the assignment minimising the summed MSE (Hungarian, scipy), as the batch benchmarks pair
+    them before averaging. ``result[i]`` indexes the reconstruction of truth ``i``."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = (truths[:, None] - reconstructions[None]).pow(2).flatten(2).mean(2)  # (truth, rec)
+    rows, cols = linear_sum_assignment(cost.double().cpu().numpy())
+    return [int(c) for _, c in sorted(zip(rows, cols, strict=True))]
+
+
 def psnr_pm1(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     """The paper's convention: [-1, 1] tensors, peak 1."""
     return [psnr_from_mse(float(m)) for m in mse_image(a, b)]
