@@ -32,6 +32,29 @@ def client_gradient(model: nn.Module, image: torch.Tensor, label: torch.Tensor) 
     return [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
 
 
+def local_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, local_steps: int,
+                 local_lr: float, create_graph: bool = False) -> Gradient:
+    """The update a client sends after ``local_steps`` SGD steps at ``local_lr`` on its batch
+    (every step on the whole batch, mean cross-entropy): the sum of the step gradients, that is
+    (w_0 - w_E) / lr; one step gives the gradient itself. Functional (the model's weights are
+    not changed), so with ``create_graph`` it is differentiable in ``images``: the attacker's
+    unrolled simulation of the client's local training, the same code as the client's."""
+    from torch.func import functional_call
+
+    names = [name for name, _ in model.named_parameters()]
+    buffers = dict(model.named_buffers())
+    weights = [p for _, p in model.named_parameters()]
+    total: list[torch.Tensor] = []
+    for _ in range(local_steps):
+        logits = functional_call(model, {**buffers, **dict(zip(names, weights, strict=True))},
+                                 (images,))
+        grads = torch.autograd.grad(nn.functional.cross_entropy(logits, labels), weights,
+                                    create_graph=create_graph)
+        total = list(grads) if not total else [t + g for t, g in zip(total, grads, strict=True)]
+        weights = [w - local_lr * g for w, g in zip(weights, grads, strict=True)]
+    return total if create_graph else [t.detach() for t in total]
+
+
 def steps_from_record(record: dict[str, Any]) -> tuple[DefenceStep, ...]:
     """The defence steps of a received update's ``defence`` record (see ``defended_gradients``)."""
     return tuple(DefenceStep.from_raw(step) for step in record["steps"])
