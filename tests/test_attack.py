@@ -116,9 +116,10 @@ def test_the_attacker_never_gets_the_private_image(received):
             deps = stage.deps()
             assert not any("private" in d or d.endswith(".json") for d in deps), deps
             assert any(d.endswith("generator.pt") for d in deps)
-            # the public split is public knowledge: the label-only control's class means
+            # the public split is public knowledge: the label-only control's class means;
+            # the trained model is the federation's, which the server holds
             assert set(stage.kind.inputs) == {"received", "generator", "biggan_weights",
-                                              "public"}
+                                              "public", "attacked_model"}
     # DVC tracks the received gradients by folder: the clients' truth lies in another
     dvc_deps = dvc_stage(kind("attack"), trained, "params.yaml")["deps"]
     assert not any("private" in d or "truth" in d for d in dvc_deps), dvc_deps

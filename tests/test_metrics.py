@@ -66,7 +66,8 @@ def test_missing_runs_are_named(tmp_path, monkeypatch):
     params = Params.from_raw(tiny_params())
     with pytest.raises(MissingRunError, match="none/ggl-adam/img0"):
         run_stage(params, "metrics")
-    partial = pd.DataFrame([{"defence": "none", "attack": "ggl-adam", "image_id": "img0"}])
+    partial = pd.DataFrame([{"client": "fedsgd", "defence": "none", "attack": "ggl-adam",
+                             "image_id": "img0"}])
     with pytest.raises(MissingRunError, match="none/ggl-adam/img1"):
         check_complete(partial, params)
 

@@ -1,8 +1,9 @@
-"""The client: one local gradient of the federated model at batch size 1, then its defence.
+"""The client: its local update of the federated model on a batch of private images (params'
+``client``: B images, E SGD steps; B = E = 1 is the paper's single gradient), then its defence.
 
-Per (defence, private image) two records: what the server receives (the defended gradient,
-the parameter names, the defence's kinds and settings and the model spec; no label, no image)
-and the client's truth (true label, private index), which only the metrics stage reads.
+Per (defence, update) two records: what the server receives (the defended update, the parameter
+names, the protocol, the defence's kinds and settings and the model spec; no label, no image)
+and the client's truth (true labels, private indices), which only the metrics stage reads.
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ from torch import nn
 from tqdm import tqdm
 
 from ggl import io
-from ggl.config import DefenceStep, Params, dp_sgd_step, image_id
+from ggl.config import ClientConfig, DefenceStep, Params, dp_sgd_step
 from ggl.defences import ClientContext, Gradient, apply_defence
 from ggl.errors import GglError
 from ggl.models import build_model, fc_weight_index
 from ggl.runtime import derive_seed, resolve_device
 
-GRADIENT_FORMAT = 1
+GRADIENT_FORMAT = 2  # 2: the protocol (client) is recorded; batches and local steps
 
 
 def client_gradient(model: nn.Module, image: torch.Tensor, label: torch.Tensor) -> Gradient:
-    """Cross-entropy gradient of every parameter for one image (1, 3, H, W) and label (1,)."""
+    """Cross-entropy gradient (mean over the batch) of every parameter for images (B, 3, H, W)
+    and labels (B,)."""
     loss = nn.functional.cross_entropy(model(image), label)
     return [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
 
@@ -60,10 +62,23 @@ def steps_from_record(record: dict[str, Any]) -> tuple[DefenceStep, ...]:
     return tuple(DefenceStep.from_raw(step) for step in record["steps"])
 
 
+def attacked_model(params: Params, client: ClientConfig, trained: dict[str, torch.Tensor] | None,
+                   device: torch.device) -> nn.Module:
+    """The federated model of the attacked round: its initialisation, or the trained weights."""
+    model = build_model(params.model, device)
+    if client.checkpoint == "trained":
+        if trained is None:
+            raise GglError("checkpoint trained: the utility stage's attacked_model is missing")
+        model.load_state_dict(trained)
+    return model
+
+
 def defended_gradients(params: Params, defence: str, images: torch.Tensor, labels: torch.Tensor,
+                       trained: dict[str, torch.Tensor] | None = None,
                        ) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """For each private image params list: (image id, what the server receives, the client's
-    truth). ``images`` and ``labels`` are the private split."""
+    """For each client update params list: (update id, what the server receives, the client's
+    truth). ``images`` and ``labels`` are the private split; ``trained``: the utility stage's
+    model under this defence, for clients at checkpoint trained."""
     device = resolve_device(params.device)
     steps = params.defences[defence]
     record = {"name": defence, "steps": [{"kind": s.kind, **s.settings} for s in steps]}
@@ -71,21 +86,32 @@ def defended_gradients(params: Params, defence: str, images: torch.Tensor, label
         from ggl.dp import update_epsilon
 
         record["epsilon"] = update_epsilon(dp.settings["noise_multiplier"], dp.settings["delta"])
-    model = build_model(params.model, device)
-    fc_index = fc_weight_index(model)
-    names = [name for name, _ in model.named_parameters()]
-    for index in tqdm(params.private_images, desc=f"gradients {defence}", unit="img"):
-        image = images[index : index + 1].to(device)
-        label = labels[index : index + 1].to(device)
-        seed = derive_seed(params.seed, "defence", defence, index)
-        ctx = ClientContext(model, image, label, fc_index, torch.Generator().manual_seed(seed))
-        received = apply_defence(client_gradient(model, image, label), steps, ctx)
-        public = {"format": GRADIENT_FORMAT, "image_id": image_id(index),
-                  "defence": record, "model": asdict(params.model),
-                  "image_size": params.data.image_size, "param_names": names,
+    models = {name: attacked_model(params, client, trained, device)
+              for name, client in params.clients.items()}
+    for update, (name, indices) in tqdm(
+            [(u, (b.client, b.indices)) for u, b in params.updates().items()],
+            desc=f"gradients {defence}", unit="update"):
+        protocol, model = params.clients[name], models[name]
+        fc_index = fc_weight_index(model)
+        batch = images[list(indices)].to(device)
+        batch_labels = labels[list(indices)].to(device)
+        # batch size 1 keeps the seeds of the single-gradient protocol
+        seed = derive_seed(params.seed, "defence", defence,
+                           indices[0] if len(indices) == 1 else update)
+        ctx = ClientContext(model, batch, batch_labels, fc_index,
+                            torch.Generator().manual_seed(seed), protocol.local_steps,
+                            protocol.local_lr)
+        sent = (client_gradient(model, batch, batch_labels) if protocol.local_steps == 1 else
+                local_update(model, batch, batch_labels, protocol.local_steps, protocol.local_lr))
+        received = apply_defence(sent, steps, ctx)
+        public = {"format": GRADIENT_FORMAT, "image_id": update, "client_name": name,
+                  "client": asdict(protocol), "defence": record, "model": asdict(params.model),
+                  "image_size": params.data.image_size,
+                  "param_names": [n for n, _ in model.named_parameters()],
                   "fc_index": fc_index, "defence_seed": seed}
-        yield (image_id(index), {**public, "gradient": [g.cpu() for g in received]},
-               {**public, "private_index": index, "true_label": int(label)})
+        yield (update, {**public, "gradient": [g.cpu() for g in received]},
+               {**public, "private_indices": list(indices),
+                "true_labels": batch_labels.cpu().tolist()})
 
 
 def load_received(path: str | Path) -> dict[str, Any]:

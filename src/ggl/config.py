@@ -93,6 +93,15 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
         problems.append(f"data.public_size + data.private_size + data.test_size = {needed} "
                         f"exceeds the {available} images of dataset {data['dataset']!r}")
     utility = raw["utility"]
+    for name, client in raw["clients"].items():
+        batch = client["batch_size"]
+        if len(raw["private_images"]) % batch:
+            problems.append(f"clients.{name}.batch_size: {batch} does not divide the "
+                            f"{len(raw['private_images'])} private_images into whole batches; "
+                            f"list a multiple of {batch} images, or change the batch size")
+        if client["checkpoint"] == "trained" and not utility["rounds"]:
+            problems.append(f"clients.{name}.checkpoint: trained is the utility stage's model "
+                            f"after utility.rounds rounds; set utility.rounds > 0")
     if utility["rounds"] and not data["test_size"]:
         problems.append("utility.rounds: the utility stage measures test accuracy on the "
                         "held-out test part; set data.test_size > 0, or utility.rounds: 0")
@@ -133,6 +142,25 @@ class ModelConfig:
     seed: int
     num_classes: int
     norm: str = "batch"  # batch | group: BatchNorm replaced by Opacus' GroupNorm (DP-SGD)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """The protocol of an attacked client (an entry of params' ``clients``): B, E, its SGD
+    step size and the model checkpoint of the attacked round."""
+
+    batch_size: int = 1
+    local_steps: int = 1
+    local_lr: float = 0.1
+    checkpoint: str = "initial"  # initial | trained (the utility stage's final model)
+
+
+@dataclass(frozen=True)
+class Update:
+    """One client update params ask for: its client protocol's name and its private indices."""
+
+    client: str
+    indices: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -259,6 +287,7 @@ class Params:
     compute_budget: int  # model passes per trial for every attack; 0: each its own budget
     data: DataConfig
     private_images: tuple[int, ...]
+    clients: dict[str, ClientConfig]
     model: ModelConfig
     defences: dict[str, tuple[DefenceStep, ...]]
     generator: GeneratorConfig
@@ -277,6 +306,7 @@ class Params:
                                          "compute_budget")},
             data=data,
             private_images=tuple(raw["private_images"]),
+            clients={name: ClientConfig(**c) for name, c in raw["clients"].items()},
             model=ModelConfig(**raw["model"], num_classes=data.num_classes),
             utility=UtilityConfig(**raw["utility"]),
             defences={name: tuple(DefenceStep.from_raw(s) for s in steps)
@@ -289,7 +319,30 @@ class Params:
         )
 
     def image_ids(self) -> list[str]:
-        return [image_id(i) for i in self.private_images]
+        """The id of each client update (``updates``)."""
+        return list(self.updates())
+
+    def updates(self) -> dict[str, Update]:
+        """Each client update's id and batch: per entry of clients, private_images in order,
+        batch_size at a time. Ids: img<index> at batch size 1, batch<k> above, prefixed with
+        '<client>-' when params have several clients."""
+        out = {}
+        for name, client in self.clients.items():
+            size, indices = client.batch_size, self.private_images
+            prefix = f"{name}-" if len(self.clients) > 1 else ""
+            for k in range(len(indices) // size):
+                batch = indices[k * size:(k + 1) * size]
+                update = image_id(batch[0]) if size == 1 else f"batch{k}"
+                out[prefix + update] = Update(name, batch)
+        return out
+
+    def batched(self) -> bool:
+        """Whether some client sends the update of a batch above one image."""
+        return any(c.batch_size > 1 for c in self.clients.values())
+
+    def trained_checkpoint(self) -> bool:
+        """Whether some client is attacked at the utility stage's trained model."""
+        return any(c.checkpoint == "trained" for c in self.clients.values())
 
     def families(self) -> dict[str, dict[str, float]]:
         """{kind: {defence name: strength}} of every one-step defence whose kind has a strength

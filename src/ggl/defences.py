@@ -95,6 +95,8 @@ class ClientContext:
     label: torch.Tensor  # (n,)
     fc_index: int
     generator: torch.Generator  # the defence's own seeded RNG
+    local_steps: int = 1  # dp-sgd: the client's local steps on its batch (the gradient stage)
+    local_lr: float = 1.0  # and their step size
 
 
 DEFENCES: Registry[Callable[..., Gradient]] = Registry("defence")
@@ -156,14 +158,15 @@ def soteria_defence(grads: Gradient, ctx: ClientContext, rate: float) -> Gradien
 @DEFENCES.register("dp-sgd")
 def dp_sgd_defence(grads: Gradient, ctx: ClientContext, noise_multiplier: float,
                    max_grad_norm: float, delta: float) -> Gradient:
-    """One DP-SGD step of Opacus on the client's batch, which replaces the plain gradient
-    (so dp-sgd is a defence's first step); delta is the accountant's (the utility stage)."""
+    """Opacus' DP-SGD on the client's batch, ``local_steps`` steps, which replaces the plain
+    update (so dp-sgd is a defence's first step); delta is the accountant's (the utility stage)."""
     from ggl.dp import check_private_model, dp_sgd_update, noise_generator
 
     check_private_model(ctx.model)
     seed = int(torch.randint(2**31 - 1, (), generator=ctx.generator))
-    update = dp_sgd_update(ctx.model, [(ctx.image, ctx.label)], noise_multiplier, max_grad_norm,
-                           expected_batch_size=len(ctx.image), lr=1.0,
+    update = dp_sgd_update(ctx.model, [(ctx.image, ctx.label)] * ctx.local_steps,
+                           noise_multiplier, max_grad_norm,
+                           expected_batch_size=len(ctx.image), lr=ctx.local_lr,
                            generator=noise_generator(seed, ctx.image.device))
     return [g.unsqueeze(0) for g in update]
 

@@ -106,7 +106,7 @@ def above_control(frame: pd.DataFrame, controls: Sequence[str] = CONTROLS) -> pd
     for column in _columns(frame).values():
         above = pd.Series(np.nan, index=frame.index)
         control = pd.Series(None, index=frame.index, dtype=object)
-        for _, rows in frame.groupby("defence", sort=False):
+        for _, rows in frame.groupby(_setting(frame), sort=False):
             controls = rows[is_control.loc[rows.index]]
             if not len(controls):
                 continue
@@ -119,6 +119,12 @@ def above_control(frame: pd.DataFrame, controls: Sequence[str] = CONTROLS) -> pd
         frame[f"{column}_above_control"] = above
         frame[f"{column}_control"] = control
     return frame
+
+
+def _setting(frame: pd.DataFrame) -> list[str]:
+    """The columns that name one audited setting: the client protocol (when recorded) and the
+    defence; controls are compared within it."""
+    return [c for c in ("client", "defence") if c in frame]
 
 
 # --- intervals ----------------------------------------------------------------------------

@@ -24,6 +24,14 @@ def as_stack(reconstruction: torch.Tensor) -> torch.Tensor:
     return reconstruction if reconstruction.dim() == 4 else reconstruction[None]
 
 
+def as_batches(reconstruction: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A reconstruction as (samples, B, 3, H, W): one image or batch, or the prior control's
+    samples of either."""
+    if batch_size == 1:
+        return as_stack(reconstruction)[:, None]
+    return reconstruction if reconstruction.dim() == 5 else reconstruction[None]
+
+
 def mse_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(n,) per-image MSE of (n, C, H, W) images in [-1, 1]."""
     return (a - b).pow(2).flatten(1).mean(1)
@@ -39,6 +47,8 @@ def match_batch(reconstructions: torch.Tensor, truths: torch.Tensor) -> list[int
     them before averaging. ``result[i]`` indexes the reconstruction of truth ``i``."""
     from scipy.optimize import linear_sum_assignment
 
+    if len(truths) == 1:
+        return [0]
     cost = (truths[:, None] - reconstructions[None]).pow(2).flatten(2).mean(2)  # (truth, rec)
     rows, cols = linear_sum_assignment(cost.double().cpu().numpy())
     return [int(c) for _, c in sorted(zip(rows, cols, strict=True))]

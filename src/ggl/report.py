@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ggl.config import STRENGTH, Params
+from ggl.config import STRENGTH, Params, image_id
 from ggl.errors import MissingRunError
 from ggl.leakage import INTERVALS
 from ggl.settings import CONTROLS, GGL_OPTIMISERS
@@ -55,8 +55,12 @@ def ggl_attacks(frame: pd.DataFrame) -> list[str]:
 
 
 def check_complete(frame: pd.DataFrame, params: Params) -> None:
-    have = set(zip(frame["defence"], frame["attack"], frame["image_id"], strict=True))
-    missing = [f"{d}/{a}/{i}" for d, a, i in params.runs() if (d, a, i) not in have]
+    """Every (client, defence, attack, private image) params ask for has its metrics row."""
+    have = set(zip(frame["client"], frame["defence"], frame["attack"], frame["image_id"],
+                   strict=True))
+    images = [image_id(i) for i in params.private_images]  # rows are per image at any B
+    missing = [f"{c}/{d}/{a}/{i}" for c in params.clients for d in params.defences
+               for a in params.attacks for i in images if (c, d, a, i) not in have]
     if missing:
         raise MissingRunError(f"metrics.csv lacks {len(missing)} runs that params ask for, "
                               f"e.g. {', '.join(missing[:5])}; rerun the metrics stage")

@@ -10,14 +10,17 @@ attacks' distances, defence estimate, label inference and trials.
 | gi | inferred | squared l2 | total variation + l2 | Adam |
 
 Budgets count objective evaluations; every method makes one per iteration (L-BFGS runs without
-line search, as DLG), so the budget is also the number of iterations.
+line search, as DLG), so the budget is also the number of iterations. At a client batch of
+B > 1 images each optimises B images (DLG B soft labels) against the client's update simulated
+on them (``ggl.attack.objective.simulated_update``, E local steps); the image priors are
+averaged over the batch.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ggl.attack.objective import DISTANCES, trial_gradients
+from ggl.attack.objective import DISTANCES, simulated_update, trial_gradients
 from ggl.attack.optimisers import Tracker, lr_factor
 from ggl.attack.run import Attacker, Trial
 from ggl.defences import Estimate
@@ -39,9 +42,14 @@ def pixel_attack(learn_label: bool):
         obj, opt_cfg = cfg.objective, cfg.optimiser
         gen = torch.Generator().manual_seed(seed)
         device, (c, h, w) = attacker.device, attacker.image_shape
-        x = torch.randn(1, c, h, w, generator=gen).to(device).requires_grad_(True)
+        size = attacker.client.batch_size
+        x = torch.randn(size, c, h, w, generator=gen).to(device).requires_grad_(True)
         classes = attacker.received[attacker.fc_index].shape[0]
-        label_logits = torch.randn(1, classes, generator=gen).to(device).requires_grad_(True)
+        label_logits = torch.randn(size, classes, generator=gen).to(device).requires_grad_(True)
+        inferred = torch.tensor(attacker.labels, device=device)
+
+        def prior(values: torch.Tensor) -> torch.Tensor:  # (B,) per image -> (1,) per batch
+            return values if size == 1 else values.mean(0, keepdim=True)
         variables = [x, label_logits] if learn_label else [x]
         estimate = attacker.estimate if obj.adaptive else Estimate()
         distance = DISTANCES[obj.distance]
@@ -49,14 +57,19 @@ def pixel_attack(learn_label: bool):
 
         def closure() -> torch.Tensor:
             optimiser.zero_grad()
-            label = label_logits.softmax(1) if learn_label else attacker.label
-            grads = trial_gradients(attacker.model, x, label, create_graph=True)
+            if attacker.simulates:
+                targets = label_logits.softmax(1) if learn_label else inferred
+                grads = simulated_update(attacker.model, x, targets, attacker.client.local_steps,
+                                         attacker.client.local_lr, create_graph=True)
+            else:
+                label = label_logits.softmax(1) if learn_label else attacker.label
+                grads = trial_gradients(attacker.model, x, label, create_graph=True)
             loss = distance(estimate.apply(grads), attacker.received)
             if obj.tv_weight:
-                loss = loss + obj.tv_weight * total_variation(x)
+                loss = loss + obj.tv_weight * prior(total_variation(x))
             if obj.l2_weight:
-                loss = loss + obj.l2_weight * x.pow(2).flatten(1).mean(1)
-            tracker.record(x.detach(), loss.detach())
+                loss = loss + obj.l2_weight * prior(x.pow(2).flatten(1).mean(1))
+            tracker.record(x.detach() if size == 1 else x.detach()[None], loss.detach())
             loss.sum().backward()
             if opt_cfg.signed:
                 for v in variables:

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ggl.attack.objective import trial_gradients
+from ggl.attack.objective import simulated_update, trial_gradients
+from ggl.config import ClientConfig
 from ggl.defences import Gradient
 from ggl.settings import AdamConfig, AttackConfig, CMAESConfig, PixelOptimiserConfig, TurboConfig
 
@@ -61,31 +62,49 @@ def unit_flops(model: nn.Module, image_shape: tuple[int, ...], label: int) -> in
     return count_flops(gradient)
 
 
-def evaluation_flops(model: nn.Module, image_shape: tuple[int, ...], label: int,
-                     match: Match, differentiable: bool) -> int:
-    """FLOPs of one objective evaluation at batch 1, as the attacks compute it."""
-    x = _probe(model, image_shape).requires_grad_(differentiable)
+def evaluation_flops(model: nn.Module, image_shape: tuple[int, ...], labels: int | list[int],
+                     match: Match, differentiable: bool, client: ClientConfig | None = None
+                     ) -> int:
+    """FLOPs of one objective evaluation, as the attacks compute it: one image's gradient, or
+    at a client batch of B = len(labels) images or E > 1 local steps the simulated update of
+    one candidate batch."""
+    labels = [labels] if isinstance(labels, int) else list(labels)
+    client = client or ClientConfig()
+    simulates = len(labels) > 1 or client.local_steps > 1
+    device = next(model.parameters()).device
+    x = torch.zeros(len(labels), *image_shape, device=device).requires_grad_(differentiable)
+    targets = torch.tensor(labels, device=device)
+
+    def update(create_graph: bool) -> Gradient:
+        if simulates:
+            return simulated_update(model, x, targets, client.local_steps, client.local_lr,
+                                    create_graph)
+        return trial_gradients(model, x, labels[0], create_graph=create_graph)
 
     def scored() -> None:
         with torch.no_grad():
-            match(trial_gradients(model, x, label))
+            match(update(False))
 
     def differentiated() -> None:
-        match(trial_gradients(model, x, label, create_graph=True)).sum().backward()
+        match(update(True)).sum().backward()
 
     flops = count_flops(differentiated if differentiable else scored)
     model.zero_grad(set_to_none=True)
     return flops
 
 
-def cost_per_evaluation(model: nn.Module, image_shape: tuple[int, ...], label: int,
-                        match: Match, differentiable: bool) -> float:
+def cost_per_evaluation(model: nn.Module, image_shape: tuple[int, ...], labels: int | list[int],
+                        match: Match, differentiable: bool,
+                        client: ClientConfig | None = None) -> float:
     """Model passes per objective evaluation: 1 for a scored one, the measured R for a
-    differentiable one."""
-    if not differentiable:
+    differentiable one; at a client batch (``labels``, B > 1) or E > 1 local steps, measured
+    for the simulated update of one candidate batch (about B E scored)."""
+    labels = [labels] if isinstance(labels, int) else list(labels)
+    client = client or ClientConfig()
+    if not differentiable and len(labels) == 1 and client.local_steps == 1:
         return 1.0
-    return (evaluation_flops(model, image_shape, label, match, True)
-            / unit_flops(model, image_shape, label))
+    return (evaluation_flops(model, image_shape, labels, match, differentiable, client)
+            / unit_flops(model, image_shape, labels[0]))
 
 
 def is_differentiable(cfg: AttackConfig) -> bool | None:

@@ -3,8 +3,9 @@ score means little until it is set against them (``ggl.leakage``). Each is an at
 like any other and, like them, never sees a private image.
 
 - ``prior``: ``budget`` samples of the generator for the label inferred from the gradient
-  (their metrics are averaged);
-- ``label-only``: the mean public image of the inferred class;
+  (their metrics are averaged); at a client batch of B > 1, ``budget`` batches, each image of
+  its inferred label;
+- ``label-only``: the mean public image of the inferred class (of each inferred label);
 - ``noise-gradient``: a GGL attack (``of``), same settings and seed, on Gaussian noise with the
   received gradient's per-tensor norms and zeros, and the label inferred from the real one.
 """
@@ -27,11 +28,15 @@ def prior(attacker: Attacker, cfg: AttackConfig, seed: int) -> Trial:
     if attacker.generator is None:
         raise ValueError("the prior control needs a generator")
     gen = torch.Generator().manual_seed(derive_seed(seed, "prior"))
-    z = torch.randn(cfg.budget, attacker.generator.latent_dim, generator=gen)
-    labels = torch.full((cfg.budget,), attacker.label, device=attacker.device)
+    size = attacker.client.batch_size
+    z = torch.randn(cfg.budget * size, attacker.generator.latent_dim, generator=gen)
+    labels = torch.tensor(attacker.labels, device=attacker.device).repeat(cfg.budget)
     with torch.no_grad():
-        images = attacker.generator(z.to(attacker.device), labels)
-    return Trial(images.cpu(), math.nan, cfg.budget, [], latent=z, info={"samples": cfg.budget})
+        images = attacker.generator(z.to(attacker.device), labels).cpu()
+    if size > 1:  # (samples, B, 3, H, W)
+        images, z = images.reshape(cfg.budget, size, *images.shape[1:]), z.reshape(
+            cfg.budget, size, -1)
+    return Trial(images, math.nan, cfg.budget, [], latent=z, info={"samples": cfg.budget})
 
 
 def label_only(attacker: Attacker, cfg: AttackConfig, seed: int) -> Trial:
@@ -39,10 +44,16 @@ def label_only(attacker: Attacker, cfg: AttackConfig, seed: int) -> Trial:
     if attacker.public is None:
         raise ValueError("the label-only control needs the public split")
     images, labels = attacker.public
-    same = images[labels == attacker.label]
-    if not len(same):
-        raise ValueError(f"the public split has no image of class {attacker.label}")
-    return Trial(same.mean(0), math.nan, 1, [], info={"public_images": len(same)})
+    means, counts = [], []
+    for label in attacker.labels:
+        same = images[labels == label]
+        if not len(same):
+            raise ValueError(f"the public split has no image of class {label}")
+        means.append(same.mean(0))
+        counts.append(len(same))
+    if attacker.client.batch_size == 1:
+        return Trial(means[0], math.nan, 1, [], info={"public_images": counts[0]})
+    return Trial(torch.stack(means), math.nan, 1, [], info={"public_images": counts})
 
 
 def noise_like(received: Gradient, gen: torch.Generator) -> Gradient:

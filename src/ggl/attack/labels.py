@@ -26,10 +26,13 @@ def infer_label(received: Sequence[torch.Tensor], fc_index: int) -> int:
     return int(received[fc_index].sum(dim=1).argmin())
 
 
-def mean_softmax(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """The model's softmax averaged over ``images``: the estimate of the batch's mean softmax."""
+def mean_softmax(model: nn.Module, images: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """The model's softmax averaged over ``images`` (``chunk`` at a time): the estimate of the
+    batch's mean softmax."""
     with torch.no_grad():
-        return torch.softmax(model(images), dim=1).mean(0)
+        total = sum(torch.softmax(model(images[i:i + chunk]), dim=1).sum(0)
+                    for i in range(0, len(images), chunk))
+    return total / len(images)
 
 
 def round_to_total(values: torch.Tensor, total: int) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """The GGL objective: D(y, T-hat(F(G(z)))) + lambda R(z), scored for a batch of latents.
 
-``F`` is the federated model's batch-1 cross-entropy gradient for the inferred label, ``T-hat``
+``F`` is the federated model's batch-1 cross-entropy gradient for the inferred label (at client
+batch size B > 1 or E > 1 local steps: the client's update of the candidate batch of B images,
+its local training simulated differentiably, ``simulated_update``), ``T-hat``
 the attacker's estimate of the defence (``ggl.defences.estimate_defence``), ``D`` a gradient
 distance and ``R`` a latent regulariser; both are lookup tables, a new one is one more entry.
 """
@@ -91,18 +93,38 @@ def trial_gradients(model: nn.Module, images: torch.Tensor, label: int | torch.T
     return [torch.stack(tensors) for tensors in zip(*per_candidate, strict=True)]
 
 
+def simulated_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     local_steps: int, local_lr: float, create_graph: bool = False) -> Gradient:
+    """The client's update (``ggl.client.local_update``, the client's own code) of one candidate
+    batch (B, 3, H, W), as a batch of one: list of (1, ...)."""
+    from ggl.client import local_update
+
+    with torch.enable_grad():  # callers may score under no_grad
+        update = local_update(model, images, labels, local_steps, local_lr, create_graph)
+    return [g.unsqueeze(0) for g in update]
+
+
 class Objective:
     """Scores a batch of latents (n, k) -> (n,) losses, differentiably. ``scorer`` (params'):
     ``loop`` computes one gradient per candidate; ``batched`` the whole batch at once
     (``ggl.attack.batched``; an error where it cannot); ``auto`` the batched path where the
     device's measured policy says it is faster and the model and estimate allow it, checked once
-    against the loop, else the loop."""
+    against the loop, else the loop.
+
+    A client batch of B > 1 images (``labels``, the inferred multiset) or E > 1 local steps:
+    a candidate is B latents side by side, (n, B k) -> (n,); the regulariser is their mean;
+    the update is simulated one candidate batch at a time (the batched scorer expresses one
+    gradient of one image: ``auto`` falls back to the loop, saying so)."""
 
     def __init__(self, model: nn.Module, generate: Callable[[torch.Tensor], torch.Tensor],
                  received: Sequence[torch.Tensor], label: int, estimate: Estimate,
                  cfg: ObjectiveConfig, scorer: str = "auto",
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | None = None, labels: Sequence[int] | None = None,
+                 local_steps: int = 1, local_lr: float = 0.1) -> None:
         self.model, self.generate, self.label, self.cfg = model, generate, label, cfg
+        self.labels = list(labels) if labels is not None else [label]
+        self.local_steps, self.local_lr = local_steps, local_lr
+        self.simulates = len(self.labels) > 1 or local_steps > 1
         self.received = list(received)
         self.estimate = estimate if cfg.adaptive else Estimate()
         self.distance = DISTANCES[cfg.distance]
@@ -112,10 +134,12 @@ class Objective:
         self._batched_state = "unset"  # unset | on | off
 
     def latent(self, x: torch.Tensor) -> torch.Tensor:
-        """The generator's latent for the optimiser's variable."""
-        return torch.tanh(x) if self.cfg.tanh else x
+        """The generator's latent for the optimiser's variable; (n B, k) at batch size B."""
+        z = torch.tanh(x) if self.cfg.tanh else x
+        return z if len(self.labels) == 1 else z.reshape(len(z) * len(self.labels), -1)
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
+        """The candidates' images: (n, 3, H, W), or (n B, 3, H, W) at batch size B."""
         return self.generate(self.latent(x))
 
     def batched_scorer(self, images: torch.Tensor) -> BatchedScorer | None:
@@ -150,6 +174,8 @@ class Objective:
     def matching(self, images: torch.Tensor) -> torch.Tensor:
         """D(y, T-hat(F(image))) per image: (n,)."""
         create_graph = images.requires_grad
+        if self.simulates:
+            return self.simulated_matching(images, create_graph)
         batched = self.scorer != "loop" and (
             not create_graph or self.active_policy(images.device).with_grad)
         scorer = self.batched_scorer(images) if batched else None
@@ -162,6 +188,28 @@ class Objective:
                                                               create_graph=create_graph)),
                           self.received) for image in images])
 
+    def simulated_matching(self, images: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        """D(y, T-hat(client update of each candidate batch)): (n,) for (n B, 3, H, W)."""
+        if self.scorer == "batched":
+            raise Unsupported("scorer: batched scores one gradient of one image per candidate; "
+                              "a client batch above 1 or several local steps needs scorer auto "
+                              "or loop")
+        if self.scorer == "auto" and self._batched_state == "unset":
+            self._batched_state = "off"
+            warnings.warn(f"batched objective off at client batch size {len(self.labels)} and "
+                          f"{self.local_steps} local step(s): scoring one candidate batch at a "
+                          "time", stacklevel=3)
+        labels = torch.tensor(self.labels, dtype=torch.long, device=images.device)
+        return torch.cat([
+            self.distance(self.estimate.apply(simulated_update(
+                self.model, batch, labels, self.local_steps, self.local_lr, create_graph)),
+                self.received)
+            for batch in images.reshape(-1, len(self.labels), *images.shape[1:])])
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         z = self.latent(x)
-        return self.matching(self.generate(z)) + self.cfg.reg_weight * self.regulariser(z)
+        matching = self.matching(self.generate(z))  # first: the order autograd accumulates in
+        penalty = self.regulariser(z)
+        if len(self.labels) > 1:
+            penalty = penalty.reshape(len(x), len(self.labels)).mean(1)
+        return matching + self.cfg.reg_weight * penalty

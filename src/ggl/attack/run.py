@@ -1,7 +1,9 @@
 """The curious server's attack on one received update.
 
-The attacker has exactly the received gradient record, the federated model spec it names and
-the generator, and infers the label analytically: ``Attacker`` has no field for a private image.
+The attacker has exactly the received gradient record, the federated model spec and the client
+protocol it names, and the generator, and infers the labels analytically (at batch size B > 1
+from the model's mean softmax on the public split, ``ggl.attack.labels``): ``Attacker`` has no
+field for a private image. At B > 1 a reconstruction is a batch (B, 3, H, W).
 An attack is a function ``(attacker, cfg, seed) -> Trial`` (``ggl.attack.ATTACKS`` maps params'
 ``method`` to one); the GGL optimisers and the baselines share the trials logic.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -20,11 +22,11 @@ from torch import nn
 
 from ggl import io
 from ggl.attack.compute import UNIT, budget_for, cost_per_evaluation, is_differentiable
-from ggl.attack.labels import infer_label
+from ggl.attack.labels import infer_label, label_counts, labels_from_counts, mean_softmax
 from ggl.attack.objective import DISTANCES, Objective
 from ggl.attack.optimisers import minimise
 from ggl.client import steps_from_record
-from ggl.config import DefenceStep, ModelConfig
+from ggl.config import ClientConfig, DefenceStep, ModelConfig
 from ggl.defences import Estimate, Gradient, estimate_defence
 from ggl.models import build_model
 from ggl.runtime import derive_seed
@@ -39,12 +41,24 @@ class Attacker:
     steps: tuple[DefenceStep, ...]  # the defence mechanism the protocol uses (not its secrets)
     model: nn.Module
     fc_index: int
-    label: int  # inferred from the received gradient
+    label: int  # inferred from the received gradient (at B > 1: the first of batch_labels)
     image_shape: tuple[int, int, int]
     generator: Any | None  # ggl.generators.Generator, or None for pixel-space baselines
     device: torch.device
     scorer: str = "auto"  # params' scorer: how the objective scores a batch (ggl.attack.objective)
     public: tuple[torch.Tensor, torch.Tensor] | None = None  # public split, for label-only
+    client: ClientConfig = ClientConfig()  # the protocol, from the received record
+    batch_labels: tuple[int, ...] = ()  # B > 1: the inferred multiset, sorted
+
+    @property
+    def labels(self) -> list[int]:
+        """The inferred label of each image of the client's batch."""
+        return list(self.batch_labels) or [self.label]
+
+    @property
+    def simulates(self) -> bool:
+        """Whether the update is more than one image's gradient (B > 1 or E > 1)."""
+        return self.client.batch_size > 1 or self.client.local_steps > 1
 
     @cached_property
     def estimate(self) -> Estimate:
@@ -72,10 +86,17 @@ NO_COST = ("; unknown for this method (a plugin): compute is null, and its own b
 def ggl_objective(attacker: Attacker, cfg: AttackConfig) -> Objective:
     if attacker.generator is None:
         raise ValueError(f"{cfg.method} needs a generator")
-    labels = torch.tensor([attacker.label], device=attacker.device)
-    return Objective(attacker.model, lambda z: attacker.generator(z, labels.expand(len(z))),
-                     attacker.received, attacker.label, attacker.estimate, cfg.objective,
-                     scorer=attacker.scorer)
+    labels = torch.tensor(attacker.labels, device=attacker.device)
+    if len(labels) == 1:
+        def generate(z: torch.Tensor) -> torch.Tensor:
+            return attacker.generator(z, labels.expand(len(z)))
+    else:  # (n B, k) latents: each candidate batch takes the multiset in order
+        def generate(z: torch.Tensor) -> torch.Tensor:
+            return attacker.generator(z, labels.repeat(len(z) // len(labels)))
+    return Objective(attacker.model, generate, attacker.received, attacker.label,
+                     attacker.estimate, cfg.objective, scorer=attacker.scorer,
+                     labels=attacker.labels, local_steps=attacker.client.local_steps,
+                     local_lr=attacker.client.local_lr)
 
 
 def ggl_attack(optimiser: str) -> AttackFn:
@@ -83,15 +104,19 @@ def ggl_attack(optimiser: str) -> AttackFn:
 
     def attack(attacker: Attacker, cfg: AttackConfig, seed: int) -> Trial:
         objective = ggl_objective(attacker, cfg)
-        result = minimise(optimiser, objective, dim=attacker.generator.latent_dim,
+        size = attacker.client.batch_size
+        result = minimise(optimiser, objective, dim=attacker.generator.latent_dim * size,
                           budget=cfg.budget, config=cfg.optimiser, seed=seed,
                           device=attacker.device)
         # One generator call decodes every checkpoint; the last is the best point
         z = torch.stack([point for _, point in result.checkpoints]).to(attacker.device)
         with torch.no_grad():
             images = objective.images(z).cpu()
+        latent = objective.latent(z[-1:])
+        if size > 1:  # one batch (B, 3, H, W) per checkpoint
+            images = images.reshape(len(z), size, *images.shape[1:])
         return Trial(images[-1], result.best_loss, result.evaluations, result.curve,
-                     latent=objective.latent(z[-1:])[0].cpu(), info=result.info,
+                     latent=(latent if size > 1 else latent[0]).cpu(), info=result.info,
                      checkpoints=[(e, image) for (e, _), image in
                                   zip(result.checkpoints, images, strict=True)])
 
@@ -105,18 +130,45 @@ def best_of_trials(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed
     return min(trials, key=lambda trial: trial.loss), trials
 
 
+def infer_labels(received: Gradient, model: nn.Module, fc_index: int, client: ClientConfig,
+                 public: tuple[torch.Tensor, torch.Tensor] | None) -> list[int]:
+    """The labels of the client's batch: the fc weight rule at B = 1 (any E: every step's
+    gradient has the one negative row), Geng et al.'s bias rule above, on the update's mean
+    step gradient, with the batch's mean softmax estimated on the public split."""
+    if client.batch_size == 1:
+        return [infer_label(received, fc_index)]
+    if public is None:
+        raise ValueError("label inference at client batch size > 1 needs the public split")
+    softmax = mean_softmax(model, public[0].to(received[0].device))
+    classes = received[fc_index].shape[0]
+    if fc_index + 1 >= len(received) or received[fc_index + 1].shape != (classes,):
+        raise ValueError("label inference at client batch size > 1 needs the linear head's "
+                         "bias, the parameter after its weight")
+    bias = received[fc_index + 1] / client.local_steps
+    return labels_from_counts(label_counts(bias, client.batch_size, softmax))
+
+
 def prepare_attacker(record: dict[str, Any], generator: Any | None, device: torch.device,
                      scorer: str = "auto",
-                     public: tuple[torch.Tensor, torch.Tensor] | None = None) -> Attacker:
-    """The attacker of one received update (``ggl.client.load_received``)."""
+                     public: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     trained: dict[str, torch.Tensor] | None = None) -> Attacker:
+    """The attacker of one received update (``ggl.client.load_received``); ``public``: the
+    public split, which label-only and label inference at batch size > 1 use; ``trained``: the
+    federation's trained weights, which the server has, for a client at checkpoint trained."""
+    client = ClientConfig(**record["client"])
     model = build_model(ModelConfig(**record["model"]), device)
+    if client.checkpoint == "trained":
+        if trained is None:
+            raise ValueError("a client at checkpoint trained needs the trained model's weights")
+        model.load_state_dict(trained)
     for p in model.parameters():
         p.requires_grad_(True)
     received = [g.to(device) for g in record["gradient"]]
     size = record["image_size"]
+    labels = infer_labels(received, model, record["fc_index"], client, public)
     return Attacker(received, steps_from_record(record["defence"]), model, record["fc_index"],
-                    infer_label(received, record["fc_index"]), (3, size, size), generator,
-                    device, scorer, public)
+                    labels[0], (3, size, size), generator, device, scorer, public, client,
+                    tuple(labels) if client.batch_size > 1 else ())
 
 
 def evaluation_cost(attacker: Attacker, cfg: AttackConfig) -> float | None:
@@ -131,8 +183,9 @@ def evaluation_cost(attacker: Attacker, cfg: AttackConfig) -> float | None:
     estimate = attacker.estimate if cfg.objective.adaptive else Estimate()
     distance = DISTANCES[cfg.objective.distance]
     return cost_per_evaluation(
-        attacker.model, attacker.image_shape, attacker.label,
-        lambda grads: distance(estimate.apply(grads), attacker.received), differentiable)
+        attacker.model, attacker.image_shape, attacker.labels,
+        lambda grads: distance(estimate.apply(grads), attacker.received), differentiable,
+        attacker.client)
 
 
 def run_attack(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed: int,
@@ -146,7 +199,9 @@ def run_attack(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed: in
     best, trials = best_of_trials(attack, attacker, cfg, seed)
     evaluations = sum(t.evaluations for t in trials)
     return best, trials, {
-        "method": cfg.method, "inferred_label": attacker.label, "loss": best.loss,
+        "method": cfg.method, "inferred_label": attacker.label,
+        **({"inferred_labels": attacker.labels} if attacker.simulates else {}),
+        "client": asdict(attacker.client), "loss": best.loss,
         "evaluations": evaluations,
         "budget_units": "objective evaluations (one candidate image scored)",
         "budget": cfg.budget, "compute_budget": compute_budget,
@@ -167,13 +222,15 @@ def curve_csv(trials: list[Trial]) -> str:
                         for e, loss in trial.curve))
 
 
-def checkpoints_record(trial: Trial, cost: float | None) -> dict[str, torch.Tensor]:
-    """checkpoints.pt: a trial's best-so-far images (k, 3, H, W) at its checkpoints, their
-    evaluations within the trial and compute in model passes (NaN when the cost is unknown).
-    A trial without checkpoints (a control) gives its final image, or each image of its
-    stack, at its evaluations."""
+def checkpoints_record(trial: Trial, cost: float | None, batch_size: int = 1
+                       ) -> dict[str, torch.Tensor]:
+    """checkpoints.pt: a trial's best-so-far images (k, 3, H, W), or batches (k, B, 3, H, W),
+    at its checkpoints, their evaluations within the trial and compute in model passes (NaN
+    when the cost is unknown). A trial without checkpoints (a control) gives its final image,
+    or each image of its stack, at its evaluations."""
+    unit = trial.image.shape[-3:] if batch_size == 1 else trial.image.shape[-4:]
     marks = trial.checkpoints or [(trial.evaluations, image)
-                                  for image in trial.image.reshape(-1, *trial.image.shape[-3:])]
+                                  for image in trial.image.reshape(-1, *unit)]
     evaluations = torch.tensor([e for e, _ in marks], dtype=torch.long)
     return {"evaluations": evaluations,
             "compute": evaluations.float() * (math.nan if cost is None else cost),

@@ -74,6 +74,14 @@ def _utility(params: Params) -> bool:
     return params.utility.rounds > 0
 
 
+def _trained(params: Params) -> bool:
+    return params.trained_checkpoint()
+
+
+def _threat_models(params: Params) -> bool:
+    return len(params.clients) > 1
+
+
 OUT = "results/{experiment}"
 GAN = "results/{experiment}/generator"
 RUN = "results/{experiment}/attacks/{defence}/{attack}/{image}"
@@ -81,6 +89,7 @@ UTILITY = "results/{experiment}/utility/{defence}"
 SAMPLES = ("generator_samples.rst", "Generator")
 TABLE_CSV = ("table_csv.rst", "CSV downloads")
 PRIVACY_UTILITY = ("privacy_utility.rst", "Privacy and utility")
+THREAT_MODELS = ("threat_models.rst", "Threat models")
 
 
 def available(name: str, params: Params) -> bool:
@@ -250,14 +259,15 @@ STAGE_KINDS: list[StageKind] = [
     ),
     StageKind(
         name="gradients",
-        summary="the client's defended gradient of each private image under one defence",
+        summary="each client's defended update (params' clients: B images, E local steps, "
+                "the model's checkpoint) under one defence",
         wildcards=("defence",),
-        inputs=("private",),
+        inputs=("private", "attacked_model"),
         # what the server receives, and the client's truth (for the metrics stage only)
         outputs={"received": File("results/{experiment}/gradients/{defence}/{image}.pt"),
                  "truth": File("results/{experiment}/truth/{defence}/{image}.json")},
-        params=("experiment", "seed", "private_images", "data.image_size", "data.num_classes",
-                "model", "defences.{defence}"),
+        params=("experiment", "seed", "private_images", "clients", "data.image_size",
+                "data.num_classes", "model", "defences.{defence}"),
         # per image one backward pass; Soteria: 512 feature Jacobians
         resources={"runtime": 120, "mem_mb": 8000},
     ),
@@ -270,7 +280,9 @@ STAGE_KINDS: list[StageKind] = [
         inputs=("private", "test"),
         outputs={"utility_rounds": File(f"{UTILITY}/rounds.csv"),
                  "utility_summary": File(f"{UTILITY}/summary.json"),
-                 "utility_model": File(f"{UTILITY}/model.pt")},
+                 "utility_model": File(f"{UTILITY}/model.pt"),
+                 # the same weights, which clients at checkpoint trained are attacked on
+                 "attacked_model": File(f"{UTILITY}/attacked_model.pt", _trained)},
         scratch={"utility_resume": File(f"{UTILITY}/resume.pt")},
         params=("experiment", "data.num_classes", "model", "defences.{defence}", "utility"),
         # K clients' local steps for R rounds; Soteria scores every image of a round
@@ -329,15 +341,15 @@ STAGE_KINDS: list[StageKind] = [
         wildcards=("defence", "attack"),
         # the received gradients (never the client's truth), the generator and the public
         # split (the label-only control's)
-        inputs=("received", "generator", "biggan_weights", "public"),
+        inputs=("received", "generator", "biggan_weights", "public", "attacked_model"),
         outputs={"reconstruction": File(f"{RUN}/reconstruction.pt"),
                  "reconstruction_png": File(f"{RUN}/reconstruction.png"),
                  "latent": File(f"{RUN}/latent.pt"),
                  "curve": File(f"{RUN}/curve.csv"),
                  "checkpoints": File(f"{RUN}/checkpoints.pt"),
                  "result": File(f"{RUN}/result.json")},
-        params=("experiment", "seed", "scorer", "compute_budget", "data.image_size",
-                "data.num_classes", "generator", "attacks.{attack}"),
+        params=("experiment", "seed", "scorer", "compute_budget", "clients",
+                "data.image_size", "data.num_classes", "generator", "attacks.{attack}"),
         # all images of one (defence, attack); IG/GI at 224x224: 4 x 24,000 double-backward
         # steps an image
         resources={**RESOURCES_GPU, "runtime": 1440, "mem_mb": 32000},
@@ -346,12 +358,13 @@ STAGE_KINDS: list[StageKind] = [
         name="metrics",
         summary="join each reconstruction with its private image: MSE-I, PSNR, SSIM, LPIPS, "
                 "MSE-R",
-        inputs=("reconstruction", "result", "checkpoints", "truth", "private"),
+        inputs=("reconstruction", "result", "checkpoints", "truth", "private", "attacked_model"),
         outputs={"metrics": File(f"{OUT}/metrics.csv"),
                  "metrics_conventions": File(f"{OUT}/metrics_conventions.json"),
                  # each run's best-so-far image at its checkpoints against the truth
                  "quality_curves": File(f"{OUT}/quality_vs_compute.csv")},
-        params=("experiment", "model", "data.num_classes", "metrics", "private_images"),
+        params=("experiment", "model", "data.num_classes", "metrics", "private_images",
+                "clients"),
         threads=2,  # LPIPS' convolutions; the last job of the run, nothing else is left
         # LPIPS (VGG16) of every reconstruction, on the CPU
         resources={"runtime": 120, "mem_mb": 16000},
@@ -371,6 +384,11 @@ STAGE_KINDS: list[StageKind] = [
                                               PRIVACY_UTILITY),
                  "privacy_utility_png": File(f"{OUT}/figures/privacy_utility.png", _utility,
                                              PRIVACY_UTILITY),
+                 "threat_models_csv": File(f"{OUT}/tables/threat_models.csv", _threat_models,
+                                           TABLE_CSV),
+                 "threat_models_md": File(f"{OUT}/tables/threat_models.md", _threat_models),
+                 "threat_models_png": File(f"{OUT}/figures/threat_models.png", _threat_models,
+                                           THREAT_MODELS),
                  "leakage_md": File(f"{OUT}/tables/leakage.md"),
                  "leakage_html": File(f"{OUT}/tables/leakage.html",
                                       report=("leakage.rst", "Tables")),
@@ -398,7 +416,7 @@ STAGE_KINDS: list[StageKind] = [
                  "convergence_csv": File(f"{OUT}/tables/convergence.csv", has_table2),
                  # a few headline figures per experiment: `dvc exp show`, `dvc metrics diff`
                  "headline": File(f"{OUT}/headline.json")},
-        params=("experiment", "seed", "defences", "attacks", "private_images"),
+        params=("experiment", "seed", "defences", "attacks", "private_images", "clients"),
         resources={"runtime": 30, "mem_mb": 8000},
     ),
 ]

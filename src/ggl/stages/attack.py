@@ -1,6 +1,6 @@
 """Stage attack: one attack on every received update of one defence. It reads the received
-gradients, the generator and (for the label-only control) the public split, never a private
-image or the client's truth."""
+gradients, the generator and (for the label-only control, and label inference at client batch
+size > 1) the public split, never a private image or the client's truth."""
 
 from __future__ import annotations
 
@@ -34,26 +34,30 @@ def run(stage: Stage, log: Logger) -> None:
                        if stage.has(name)), None)  # None: a plugin generator's own weights
     generator = build_generator(params, checkpoint, device)
     prior = {"kind": params.generator.kind, **generator.info()}
-    public = load_part(stage.input("public")) if cfg.method == "label-only" else None
-    cost: float | None = None
-    for k, image in enumerate(tqdm(params.image_ids(), desc=f"{attack} on {defence}",
-                                   unit="img")):
-        attacker = prepare_attacker(load_received(stage.input("received", image=image)),
-                                    generator, device, params.scorer, public)
-        if k == 0:  # the same for every image of the stage
-            cost = evaluation_cost(attacker, cfg)
+    needs_public = cfg.method == "label-only" or params.batched()
+    public = load_part(stage.input("public")) if needs_public else None
+    trained = io.load_torch(stage.input("attacked_model")) if stage.has("attacked_model") else None
+    costs: dict[str, float | None] = {}
+    for image in tqdm(params.image_ids(), desc=f"{attack} on {defence}", unit="update"):
+        record = load_received(stage.input("received", image=image))
+        attacker = prepare_attacker(record, generator, device, params.scorer, public, trained)
+        if record["client_name"] not in costs:  # the same for every update of a client
+            costs[record["client_name"]] = evaluation_cost(attacker, cfg)
+        cost = costs[record["client_name"]]
         # Common random numbers: the same attack starts alike under every defence, and a
         # noise-gradient control like the attack it repeats.
         seed = derive_seed(params.seed, "attack", cfg.of or attack, image)
         best, trials, result = run_attack(ATTACKS.get(cfg.method), attacker, cfg, seed, cost,
                                           params.compute_budget)
         io.save_torch(stage.output("reconstruction", image=image), best.image)
-        io.save_image(stage.output("reconstruction_png", image=image), best.image)
+        io.save_image(stage.output("reconstruction_png", image=image),
+                      best.image.reshape(-1, *best.image.shape[-3:]))
         latent = best.latent if best.latent is not None else torch.zeros(0)
         io.save_torch(stage.output("latent", image=image), latent)
         io.write_text(stage.output("curve", image=image), curve_csv(trials))
         io.save_torch(stage.output("checkpoints", image=image),
-                      checkpoints_record(best, result["cost_per_evaluation"]))
+                      checkpoints_record(best, result["cost_per_evaluation"],
+                                         attacker.client.batch_size))
         io.write_json(stage.output("result", image=image), {
             "image_id": image, "defence": defence, "attack": attack, "generator": prior,
             **result})

@@ -1,5 +1,6 @@
 """Stage utility: federated averaging of the model on the private split under one defence,
-test accuracy per round; resumes from its scratch file."""
+test accuracy per round; resumes from its scratch file. Its final model is also the attacked
+model of clients at checkpoint trained."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def run(stage: Stage, log: Logger) -> None:
           "" if r["epsilon"] is None else f"{r['epsilon']:.6f}"]
          for r in trained.rows]))
     io.save_torch(stage.output("utility_model"), trained.model.state_dict())
+    if stage.has("attacked_model"):
+        io.save_torch(stage.output("attacked_model"), trained.model.state_dict())
     final = trained.rows[-1]
     dp = dp_sgd_step(steps)
     io.write_json(stage.output("utility_summary"), {
