@@ -181,3 +181,13 @@ def test_latin_hypercube_puts_one_point_in_each_slice():
 
 def test_non_finite_losses_rank_last():
     assert opt.finite(torch.tensor([1.0, math.nan, math.inf, 3.0])).tolist() == [1, 4, 4, 3]
+
+
+def test_adam_steps_back_from_a_non_finite_loss_and_keeps_the_best_finite_point():
+    def objective(z: torch.Tensor) -> torch.Tensor:
+        loss = (z - 3).pow(2).sum(1)  # minimum at 3, but beyond 1 the "simulation diverges"
+        return torch.where(z.max(1).values > 1, torch.full_like(loss, float("nan")), loss)
+
+    result = minimise("adam", objective, 4, 40, AdamConfig(lr=0.3), seed=0, device="cpu")
+    assert math.isfinite(result.best_loss) and result.evaluations == 40
+    assert float(result.best_z.max()) <= 1

@@ -129,3 +129,15 @@ def test_scorer_batched_cannot_score_a_client_batch():
                           Estimate(), ObjectiveConfig(), scorer="batched", labels=[1, 2])
     with pytest.raises(Unsupported, match="scorer auto or loop"):
         objective(torch.zeros(1, 2 * 8))
+
+
+def test_a_client_whose_local_training_diverges_stops_the_gradients_stage(tmp_path, monkeypatch):
+    from ggl.errors import GglError
+
+    monkeypatch.chdir(tmp_path)
+    raw = tiny_params()
+    raw["clients"]["fedsgd"].update(local_steps=3, local_lr=1e30)
+    params = Params.from_raw(raw)
+    run_stage(params, "split")
+    with pytest.raises(GglError, match="clients.fedsgd: the client's local training diverged"):
+        run_stage(params, "gradients", defence="none")

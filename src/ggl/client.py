@@ -103,6 +103,10 @@ def defended_gradients(params: Params, defence: str, images: torch.Tensor, label
                             protocol.local_lr)
         sent = (client_gradient(model, batch, batch_labels) if protocol.local_steps == 1 else
                 local_update(model, batch, batch_labels, protocol.local_steps, protocol.local_lr))
+        if not all(bool(torch.isfinite(g).all()) for g in sent):
+            raise GglError(f"clients.{name}: the client's local training diverged on update "
+                           f"{update} (a non-finite update after {protocol.local_steps} steps "
+                           f"at local_lr {protocol.local_lr}); lower clients.{name}.local_lr")
         received = apply_defence(sent, steps, ctx)
         public = {"format": GRADIENT_FORMAT, "image_id": update, "client_name": name,
                   "client": asdict(protocol), "defence": record, "model": asdict(params.model),

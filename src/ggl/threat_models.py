@@ -69,7 +69,6 @@ def threat_model_plot(table: pd.DataFrame) -> Any:
     attacks = table[~table["method"].isin(CONTROLS)]
     defences = list(dict.fromkeys(attacks["defence"]))
     clients = list(dict.fromkeys(attacks["client"]))
-    labels = {c: protocol_label(attacks[attacks["client"] == c].iloc[0]) for c in clients}
     fig, axes = plt.subplots(1, len(defences), squeeze=False, sharey=True,
                              figsize=(1.1 * len(clients) * len(defences) + 2, 3.8))
     names = list(dict.fromkeys(attacks["attack"]))
@@ -82,7 +81,9 @@ def threat_model_plot(table: pd.DataFrame) -> Any:
                    rows["psnr_db_pm1_above_control_high"] - mean]
             ax.errorbar(x, mean, yerr=err, fmt="o", capsize=3, label=attack)
         ax.axhline(0, color="grey", lw=0.8, ls="--")
-        ax.set_xticks(range(len(clients)), [labels[c] for c in clients], fontsize=7)
+        here = attacks[attacks["defence"] == defence]  # the model's accuracy is per defence
+        ax.set_xticks(range(len(clients)), [protocol_label(here[here["client"] == c].iloc[0])
+                                            for c in clients], fontsize=7)
         ax.set_title(f"defence: {defence}", fontsize=9)
     axes[0][0].set_ylabel("PSNR above strongest control (dB)")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))

@@ -147,6 +147,12 @@ def run_adam(objective: Objective, dim: int, budget: int, cfg: AdamConfig, seed:
         tracker.record(z, loss)
         if step == budget - 1:
             break  # a last step would move z to a point nobody scores
+        if not bool(torch.isfinite(loss).all()):
+            # e.g. a simulated local training that diverged here: no gradient to follow, so go
+            # back to the best point so far (or halfway to the prior's mean) and go on
+            with torch.no_grad():
+                z.copy_(tracker.best_z[None] if tracker.best_z is not None else z / 2)
+            continue
         loss.sum().backward()
         if cfg.signed:
             z.grad.sign_()
