@@ -57,7 +57,7 @@ class ObjectiveConfig(_Settings):
     regulariser: Regulariser = "kl"
     reg_weight: float = 0.1  # the paper's lambda
     adaptive: bool = True  # apply the defence estimate T-hat to every trial gradient
-    tanh: bool = False  # optimise x with z = tanh(x) (the authors' ImageNet optimisers)
+    tanh: bool = False  # optimise x with z = tanh(x) (the authors' ImageNet CMA-ES)
     LIMITS = {"reg_weight": (">=", 0)}
 
 

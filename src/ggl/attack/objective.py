@@ -32,12 +32,14 @@ def l2_per_tensor(trial: Sequence[torch.Tensor], received: Sequence[torch.Tensor
 
 
 def l2_mean(trial: Sequence[torch.Tensor], received: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The authors' D1: the mean over parameter tensors of ||g_l - y_l||^2."""
+    """D1 as the authors' CMA-ES and BO scripts reduce it: the mean over parameter tensors of
+    ||g_l - y_l||^2 (their CelebA Adam script sums instead: ``l2_sum``)."""
     return l2_per_tensor(trial, received).mean(1)
 
 
 def l2_sum(trial: Sequence[torch.Tensor], received: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Plain ||g - y||^2 over all parameters."""
+    """D1 as the authors' CelebA Adam script reduces it (inversefed's): plain ||g - y||^2 over
+    all parameters, as many times larger than ``l2_mean`` as the model has tensors."""
     return l2_per_tensor(trial, received).sum(1)
 
 
