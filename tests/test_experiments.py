@@ -285,6 +285,15 @@ def test_slurm_dry_run_plans_the_jobs_params_imply(workflow_copy, path):
         assert total == 5 * (7 + controls) + (11 if path.stem == "celeba32" else 10)
 
 
+
+def test_imagenet_plans_fetch_biggan_with_no_hash_asked_of_the_user(workflow_copy):
+    config = "workflow/experiments/imagenet224.yaml"
+    out = run(["snakemake", "-n", "-p", "--cores", "1", "data/biggan/biggan-deep-256.lock.json",
+               "--configfile", config], workflow_copy, env=clean_env())
+    assert "rule fetch_biggan:" in out.stdout, out.stdout
+    commands = [line.strip() for line in out.stdout.splitlines() if "ggl fetch-biggan" in line]
+    assert len(commands) == 1 and "sha256" not in commands[0], commands
+
 def dry_run_resources(stdout: str) -> dict[str, list[str]]:
     """rule -> the resources line of each of its jobs in a (non-quiet) dry run."""
     found: dict[str, list[str]] = {}

@@ -1,20 +1,17 @@
 """GAN stage: a killed training resumes to the same weights; the quality check reports readable
-numbers; BigGAN retrieval writes nothing it cannot verify and says what to do offline."""
+numbers."""
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import io as bytes_io
 import json
-import urllib.error
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from ggl import biggan, io
+from ggl import io
 from ggl.errors import GglError
 from ggl.gan import CPU_RECIPE, PAPER_RECIPE, GanTrainConfig, quality_check, train_gan
 from ggl.generators import load_generator
@@ -147,125 +144,3 @@ def test_quality_check_reports_readable_numbers(images):
                           classifier_epochs=1)
     assert again["sample_confidence"] == q["sample_confidence"]  # seeded
     assert again["classifier_private_accuracy"] is None
-
-
-# --- BigGAN retrieval -----------------------------------------------------------------------
-
-CONFIG_BYTES = json.dumps(biggan.BIGGAN_DEEP_256).encode()
-WEIGHTS = b"weights" * 1000
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _serve(tmp_path: Path, weights: bytes = WEIGHTS, config: bytes = CONFIG_BYTES
-           ) -> dict[str, str]:
-    """The two files as local file:// URLs (urllib's real opener reads them)."""
-    src = tmp_path / "server"
-    src.mkdir(exist_ok=True)
-    (src / biggan.WEIGHTS_FILE).write_bytes(weights)
-    (src / biggan.CONFIG_FILE).write_bytes(config)
-    return {name: (src / name).as_uri() for name in (biggan.WEIGHTS_FILE, biggan.CONFIG_FILE)}
-
-
-NAMES = (biggan.WEIGHTS_FILE, biggan.CONFIG_FILE)
-
-
-def _dest(folder: Path) -> tuple[Path, Path]:
-    """Where the pipeline would keep the weights and the config."""
-    return folder / biggan.WEIGHTS_FILE, folder / biggan.CONFIG_FILE
-
-
-def _no_network(url: str):
-    raise AssertionError(f"downloaded {url} again")
-
-
-def test_verified_download_lands_and_is_not_repeated(tmp_path):
-    dest = tmp_path / "biggan"
-    path = biggan.fetch_biggan(*_dest(dest), sha256={biggan.WEIGHTS_FILE: _sha(WEIGHTS)},
-                               sources=_serve(tmp_path))
-    assert path == dest / biggan.WEIGHTS_FILE and path.read_bytes() == WEIGHTS
-    assert json.loads((dest / biggan.CONFIG_FILE).read_text()) == biggan.BIGGAN_DEEP_256
-    assert sorted(p.name for p in dest.iterdir()) == sorted([biggan.WEIGHTS_FILE,
-                                                             biggan.CONFIG_FILE])
-    biggan.fetch_biggan(*_dest(dest), sha256={biggan.WEIGHTS_FILE: _sha(WEIGHTS)},
-                        sources=_serve(tmp_path), opener=_no_network)
-
-
-def test_corrupt_download_is_refused_and_leaves_nothing(tmp_path):
-    dest = tmp_path / "biggan"
-    with pytest.raises(biggan.DownloadError, match="does not match"):
-        biggan.fetch_biggan(*_dest(dest), sha256={biggan.WEIGHTS_FILE: _sha(WEIGHTS)},
-                            sources=_serve(tmp_path, weights=b"corrupt" * 10))
-    assert [p.name for p in dest.iterdir()] == [biggan.CONFIG_FILE]  # config verified alone
-
-
-def test_config_that_differs_from_the_recorded_architecture_is_refused(tmp_path):
-    other = json.dumps({**biggan.BIGGAN_DEEP_256, "output_dim": 128}).encode()
-    with pytest.raises(biggan.DownloadError, match="BIGGAN_DEEP_256"):
-        biggan.fetch_biggan(*_dest(tmp_path / "d"), sources=_serve(tmp_path, config=other))
-    assert list((tmp_path / "d").iterdir()) == []
-
-
-class _Response(bytes_io.BytesIO):
-    def __init__(self, data: bytes, length: int) -> None:
-        super().__init__(data)
-        self.headers = {"Content-Length": str(length)}
-
-
-def test_truncated_download_is_refused_and_leaves_nothing(tmp_path):
-    opener = lambda url: _Response(WEIGHTS[:100], len(WEIGHTS))  # noqa: E731
-    with pytest.raises(biggan.DownloadError, match="truncated"):
-        biggan.download(biggan.WEIGHTS_FILE, "https://example.invalid/w.bin",
-                        dict(zip(NAMES, _dest(tmp_path), strict=True)), _sha(WEIGHTS),
-                        opener=opener)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_unknown_hash_keeps_the_download_aside_until_a_hash_is_given(tmp_path, monkeypatch):
-    monkeypatch.setitem(biggan.EXPECTED_SHA256, biggan.WEIGHTS_FILE, None)
-    dest = tmp_path / "biggan"
-    with pytest.raises(biggan.DownloadError, match=_sha(WEIGHTS)):
-        biggan.fetch_biggan(*_dest(dest), sources=_serve(tmp_path))
-    assert not (dest / biggan.WEIGHTS_FILE).exists()
-    assert (dest / f"{biggan.WEIGHTS_FILE}.unverified").read_bytes() == WEIGHTS
-    overrides = biggan.parse_sha256_overrides([_sha(WEIGHTS)])
-    biggan.fetch_biggan(*_dest(dest), sha256=overrides, sources=_serve(tmp_path),
-                        opener=_no_network)
-    assert (dest / biggan.WEIGHTS_FILE).read_bytes() == WEIGHTS
-    assert not (dest / f"{biggan.WEIGHTS_FILE}.unverified").exists()
-
-
-def test_present_file_that_fails_verification_is_moved_aside_and_fetched(tmp_path):
-    dest = tmp_path / "biggan"
-    dest.mkdir()
-    (dest / biggan.WEIGHTS_FILE).write_bytes(b"half a file")
-    biggan.fetch_biggan(*_dest(dest), sha256={biggan.WEIGHTS_FILE: _sha(WEIGHTS)},
-                        sources=_serve(tmp_path))
-    assert (dest / biggan.WEIGHTS_FILE).read_bytes() == WEIGHTS
-    assert (dest / f"{biggan.WEIGHTS_FILE}.rejected").read_bytes() == b"half a file"
-
-
-def test_offline_message_says_what_to_download_and_where(tmp_path):
-    def offline(url: str):
-        raise urllib.error.URLError("no network")
-
-    with pytest.raises(biggan.DownloadError) as info:
-        biggan.fetch_biggan(*_dest(tmp_path), opener=offline)
-    message = str(info.value)
-    for name, url in biggan.urls().items():
-        assert url.startswith("https://") and url in message
-        assert str(tmp_path / name) in message
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_sha256_overrides_are_checked():
-    digest = "a" * 64
-    assert biggan.parse_sha256_overrides([digest]) == {biggan.WEIGHTS_FILE: digest}
-    assert biggan.parse_sha256_overrides([f"{biggan.CONFIG_FILE}={digest}"]) == {
-        biggan.CONFIG_FILE: digest}
-    with pytest.raises(GglError, match="64-digit"):
-        biggan.parse_sha256_overrides(["abc"])
-    with pytest.raises(GglError, match="unknown file"):
-        biggan.parse_sha256_overrides([f"other.bin={digest}"])

@@ -14,7 +14,6 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ggl.config import Params, ParamsError, load_params
 from ggl.errors import GglError, MissingRunError
@@ -23,7 +22,7 @@ from ggl.pipeline.registry import STAGE_KINDS, VALUES, Stage, kind
 Handler = Callable[[argparse.Namespace, Params], None]
 
 
-def run_stage(stage: Stage, log: logging.Logger | None = None, **options: Any) -> None:
+def run_stage(stage: Stage, log: logging.Logger | None = None) -> None:
     """Run one stage instance's code: its inputs must exist before, its outputs after."""
     absent = [path for paths in stage.inputs().values() for path in paths
               if not Path(path).is_file()]
@@ -34,7 +33,7 @@ def run_stage(stage: Stage, log: logging.Logger | None = None, **options: Any) -
             f"them; under DVC with a params file other than params.yaml, regenerate dvc.yaml "
             f"with `ggl dvc-yaml --params FILE` after adding a defence or attack)")
     module = importlib.import_module(stage.kind.module)
-    module.run(stage, log or logging.getLogger(f"ggl.{stage.name}"), **options)
+    module.run(stage, log or logging.getLogger(f"ggl.{stage.name}"))
     missing = [path for path in stage.outs() if not Path(path).is_file()]
     if missing:
         raise RuntimeError(f"stage {stage.name} did not write {len(missing)} of its declared "
@@ -55,7 +54,7 @@ def cmd_stage(args: argparse.Namespace, params: Params) -> None:
     log_path = Path(stage.log())
     log = _logger(stage.name, log_path, params)
     try:
-        run_stage(stage, log, **{name: getattr(args, name) for name in k.options})
+        run_stage(stage, log)
     except GglError as exc:
         _append(log_path, f"error: {exc}\n")
         raise
@@ -154,8 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(k.name, cmd_stage, f"stage: {k.summary}")
         for w in k.wildcards:
             p.add_argument(f"--{w}", required=True, help=f"a name from params' {w} list")
-        for name, help_text in k.options.items():
-            p.add_argument(f"--{name}", action="append", default=[], help=help_text)
     add("fetch-lpips", cmd_fetch_lpips,
         "download torchvision's VGG16 weights for LPIPS into the torch cache (hash-checked)")
     p = add("check-reference", cmd_check_reference,

@@ -206,6 +206,7 @@ class GeneratorConfig:
     width: int
     conditional: bool
     train: dict[str, Any]
+    sha256: str | None = None  # biggan-deep-256: the weights' pinned hash (ggl.biggan)
 
 
 def build_settings(cls: type, raw: Any, key: str) -> Any:

@@ -131,7 +131,7 @@ class StageKind:
     threads: int = 1  # a local run's; the SLURM profile sets a cluster's
     priority: int = 0  # Snakemake runs higher first among ready jobs
     resources: dict[str, int] = field(default_factory=dict)  # sized for the paper experiments
-    options: dict[str, str] = field(default_factory=dict)  # extra CLI --option: help (repeatable)
+    persist: bool = False  # DVC does not delete its outputs before rerunning it
 
     @property
     def rule(self) -> str:
@@ -323,17 +323,19 @@ STAGE_KINDS: list[StageKind] = [
     ),
     StageKind(
         name="fetch-biggan",
-        summary="download BigGAN-deep-256 and verify its SHA-256",
+        summary="download BigGAN-deep-256, verify it, and record its SHA-256",
         when=_biggan,
         inputs=(),
         # shared by experiments: the published weights never change
         outputs={"biggan_weights": File("data/biggan/biggan-deep-256-pytorch_model.bin"),
-                 "biggan_config": File("data/biggan/biggan-deep-256-config.json")},
-        params=("generator.kind",),
+                 "biggan_config": File("data/biggan/biggan-deep-256-config.json"),
+                 "biggan_lock": File("data/biggan/biggan-deep-256.lock.json")},
+        params=("generator.kind", "generator.sha256"),
+        # DVC keeps them when the stage reruns: the present weights then verify against the
+        # lock instead of a new download being trusted again
+        persist=True,
         # downloads 0.25 GB: needs the internet (README: fetch on the login node)
         resources={"runtime": 60, "mem_mb": 4000},
-        options={"sha256": "[FILE=]HASH to verify against (the weights' is not recorded yet: "
-                           "see ggl.biggan)"},
     ),
     StageKind(
         name="attack",
@@ -504,8 +506,8 @@ def dvc_stage(k: StageKind, params: Params, params_file: str) -> dict[str, Any]:
     entry["deps"] = _outermost(inputs) + stage.code()
     keys = stage.param_keys()
     entry["params"] = keys if template else [{params_file: keys}]
-    entry["outs"] = _outermost([dvc_path(f, bound) for n, f in k.outputs.items()
-                                if n != "headline"])
+    outs = _outermost([dvc_path(f, bound) for n, f in k.outputs.items() if n != "headline"])
+    entry["outs"] = [{o: {"persist": True}} for o in outs] if k.persist else outs
     if "headline" in k.outputs:  # kept in git, so that DVC experiments record it
         entry["metrics"] = [{dvc_path(FILES["headline"], bound): {"cache": False}}]
     return entry
