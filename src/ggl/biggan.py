@@ -19,20 +19,23 @@ deleted and never used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import shutil
 import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping
-from functools import partial
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ggl import io
-from ggl.errors import GglError
+from ggl.download import (
+    Check,
+    DownloadError,
+    Opener,
+    ensure,
+    hash_problem,
+    sha256_of,
+    urlopen,
+)
 
 log = logging.getLogger("ggl.biggan")
 
@@ -64,27 +67,12 @@ TOFU_NOTE = ("No SHA-256 of these weights is published: the first complete downl
              "loaded as BigGAN-deep-256's state dict was trusted, not verified against a "
              "published hash. Later runs verify against the hash recorded here.")
 
-Opener = Callable[[str], Any]  # url -> a context-managed response with .read() and .headers
-
-
-class DownloadError(GglError):
-    """A download failed or did not verify; nothing was written at the final path."""
-
-
 def urls() -> dict[str, str]:
     """The package's own URLs for the 256 model's weights and config."""
     from pytorch_pretrained_biggan import model
 
     return {WEIGHTS_FILE: model.PRETRAINED_MODEL_ARCHIVE_MAP["biggan-deep-256"],
             CONFIG_FILE: model.PRETRAINED_CONFIG_ARCHIVE_MAP["biggan-deep-256"]}
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def offline_help(dest: Mapping[str, Path], sources: Mapping[str, str]) -> str:
@@ -98,9 +86,6 @@ def offline_help(dest: Mapping[str, Path], sources: Mapping[str, str]) -> str:
 
 
 # --- what makes a file trustworthy -----------------------------------------------------------
-
-Check = Callable[[Path], "str | None"]  # why the file may not be trusted, or None
-
 
 def config_problem(path: Path, architecture: Mapping[str, Any]) -> str | None:
     try:
@@ -143,53 +128,6 @@ def weights_problem(path: Path, architecture: Mapping[str, Any]) -> str | None:
     return None
 
 
-def hash_problem(path: Path, expected: str, where: str) -> str | None:
-    actual = sha256_of(path)
-    if actual != expected:
-        return f"its SHA-256 {actual} does not match {expected} ({where})"
-    return None
-
-
-# --- downloading -----------------------------------------------------------------------------
-
-def _stream(url: str, tmp: Path, opener: Opener) -> None:
-    """Stream ``url`` into ``tmp``; refuse a short read."""
-    with opener(url) as response, open(tmp, "wb") as out:
-        length = response.headers.get("Content-Length")
-        shutil.copyfileobj(response, out, 1 << 20)
-    size = tmp.stat().st_size
-    if length is not None and size != int(length):
-        raise DownloadError(f"{url}: truncated download ({size} of {length} bytes)")
-
-
-_urlopen: Opener = partial(urllib.request.urlopen, timeout=60)
-
-
-def download(url: str, final: Path, check: Check, opener: Opener = _urlopen) -> None:
-    """Download ``url`` to ``final``, which it reaches only whole and verified by ``check``."""
-    with io.atomic_path(final) as tmp:  # renamed onto `final` only if this block succeeds
-        _stream(url, tmp, opener)
-        problem = check(tmp)
-        if problem is not None:
-            raise DownloadError(f"{final.name}: the download from {url} is refused: {problem} "
-                                f"(nothing written at {final})")
-
-
-def ensure(url: str, final: Path, check: Check, opener: Opener = _urlopen) -> None:
-    """A verified file at ``final``: the one there if it passes ``check`` (no download), else a
-    new download; a file that fails is moved aside to ``<final>.rejected``."""
-    if final.exists():
-        problem = check(final)
-        if problem is None:
-            log.info("%s: present and verified, not downloaded", final)
-            return
-        rejected = final.with_name(final.name + ".rejected")
-        os.replace(final, rejected)
-        log.warning("%s: refused (%s); moved aside to %s", final, problem, rejected)
-    download(url, final, check, opener)
-    log.info("%s: downloaded and verified", final)
-
-
 # --- the lock file -----------------------------------------------------------------------------
 
 def read_lock(lock: Path) -> dict[str, Any]:
@@ -221,7 +159,7 @@ def lock_record(dest: Mapping[str, Path], sources: Mapping[str, str], source: st
 
 
 def fetch_biggan(weights: Path, config: Path, lock: Path, pinned: str | None = None, *,
-                 sources: Mapping[str, str] | None = None, opener: Opener = _urlopen,
+                 sources: Mapping[str, str] | None = None, opener: Opener = urlopen,
                  architecture: Mapping[str, Any] = BIGGAN_DEEP_256) -> dict[str, Any]:
     """Make sure verified BigGAN-deep-256 weights and config are at ``weights`` and ``config``,
     and that ``lock`` records the weights' SHA-256; return the lock's record. The weights verify

@@ -16,7 +16,9 @@ from torch import nn
 from ggl.errors import GglError
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-VGG16_FILE = "vgg16-397923af.pth"  # torchvision checks the 8 hex digits against its SHA-256
+VGG16_FILE = "vgg16-397923af.pth"
+# The file's full SHA-256 (torchvision's name carries only its first 8 digits), 553,433,881 bytes
+VGG16_SHA256 = "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"
 
 
 def as_stack(reconstruction: torch.Tensor) -> torch.Tensor:
@@ -85,39 +87,73 @@ def vgg16_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
 
 
+def _vgg16_check(path: Path) -> str | None:
+    from ggl.download import hash_problem
+
+    return hash_problem(path, VGG16_SHA256, "torchvision's VGG16, ggl.metrics.VGG16_SHA256")
+
+
 def fetch_vgg16_weights() -> Path:
-    """Download torchvision's ImageNet VGG16 weights into the torch cache, hash-checked."""
+    """Torchvision's ImageNet VGG16 weights in the torch cache, their full SHA-256 verified: a
+    file there that does not match is moved aside to ``<name>.rejected``."""
+    from ggl.download import DownloadError, ensure
+
     path = vgg16_weights_path()
-    if path.exists():
-        return path
     try:
-        torch.hub.load_state_dict_from_url(VGG16_URL, check_hash=True, progress=True)
-    except Exception as exc:  # offline: URLError, socket errors, ...
+        ensure(VGG16_URL, path, _vgg16_check)
+    except DownloadError:
+        raise
+    except OSError as exc:  # offline: URLError, socket errors, ...
         raise GglError(
             f"could not download the VGG16 weights LPIPS needs ({exc}). On a machine with "
             f"internet access run `ggl fetch-lpips`, or download {VGG16_URL} and place it at "
-            f"{path} (its SHA-256 starts with 397923af)") from exc
+            f"{path} (SHA-256 {VGG16_SHA256})") from exc
     return path
 
 
+def vgg16_features(path: Path) -> dict[str, torch.Tensor]:
+    """The verified file's ``features.*`` tensors, loaded without unpickling code; an error
+    naming the file when it is not exactly torchvision's VGG16."""
+    import torchvision
+
+    problem = _vgg16_check(path)
+    if problem is not None:
+        raise GglError(f"{path}: refused, {problem}. Delete it and run `ggl fetch-lpips`, or "
+                       f"download {VGG16_URL} there")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    expected = torchvision.models.vgg16(weights=None).state_dict()
+    if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in expected.items()}:
+        raise GglError(f"{path}: not torchvision's VGG16 state dict")
+    return {k: v for k, v in state.items() if k.startswith("features.")}
+
+
 class Lpips:
-    """LPIPS v0.1 (VGG). ``stand_in`` is True when the backbone has random weights."""
+    """LPIPS v0.1 (VGG). ``stand_in`` is True when the backbone has random weights. The VGG16
+    backbone is built without weights and loaded from the verified file here: no library ever
+    unpickles the cached file."""
 
     def __init__(self, allow_stand_in: bool, device: torch.device | str = "cpu") -> None:
         import lpips
 
-        self.stand_in = not vgg16_weights_path().exists()
+        path = vgg16_weights_path()
+        self.stand_in = not path.exists()
         if self.stand_in and not allow_stand_in:
             raise GglError(
-                f"LPIPS needs torchvision's ImageNet VGG16 weights at {vgg16_weights_path()}; "
+                f"LPIPS needs torchvision's ImageNet VGG16 weights at {path}; "
                 f"they are missing and this experiment does not allow the random-backbone "
                 f"stand-in (metrics.lpips_stand_in: false). Run `ggl fetch-lpips` on a machine "
                 f"with internet access, or download {VGG16_URL} to that path.")
+        features = None if self.stand_in else vgg16_features(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torchvision's 'pretrained' deprecation
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # the stand-in's random backbone is the same every run
-                net = lpips.LPIPS(net="vgg", pnet_rand=self.stand_in, verbose=False)
+                net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+        if features is not None:
+            # lpips keeps torchvision's layer indices inside its slices: sliceK.<i>.weight
+            backbone = net.net
+            backbone.load_state_dict({k: features[f"features.{k.split('.', 1)[1]}"]
+                                      for k in backbone.state_dict()})
         self.net = net.to(device).eval()
         self.column = "lpips_vgg_stand_in" if self.stand_in else "lpips_vgg"
 
