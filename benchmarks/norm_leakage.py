@@ -59,12 +59,13 @@ def main() -> None:
         varied = dataclasses.replace(params, model=model)
         attack, control, start = [], [], time.perf_counter()
         for image, received, truth in defended_gradients(varied, "none", images, labels):
-            attacker = prepare_attacker(received, generator, device, params.scorer, public)
+            attacker = prepare_attacker(received, model, generator, device, params.scorer,
+                                        public)
             seed = derive_seed(params.seed, "attack", args.attack, image)
             best, _, _ = run_attack(ATTACKS.get(cfg.method), attacker, cfg, seed,
                                     evaluation_cost(attacker, cfg), params.compute_budget)
             mean = ATTACKS.get("label-only")(attacker, params.attacks["label-only"], seed)
-            private = images[truth["private_index"]]
+            private = images[truth["private_indices"]]
             attack += psnr_pm1(best.image, private)
             control += psnr_pm1(mean.image, private)
         a, c = statistics.mean(attack), statistics.mean(control)

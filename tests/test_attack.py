@@ -144,12 +144,15 @@ def test_the_controls_use_no_gradient_content_beyond_what_they_claim(received):
     from ggl.client import load_received
     from ggl.data import load_part
     from ggl.generators import build_generator
+    from ggl.models import build_model
 
     params, root = received
-    record = load_received(root / "results/tiny/gradients/sparsification/img0.pt")
+    record = load_received(root / "results/tiny/gradients/sparsification/img0.pt", params,
+                           "sparsification", "img0", build_model(params.model))
     public = load_part(root / "data/tiny/public.pt")
     generator = build_generator(params, None, torch.device("cpu"))
-    attacker = prepare_attacker(record, generator, torch.device("cpu"), public=public)
+    attacker = prepare_attacker(record, params.model, generator, torch.device("cpu"),
+                                public=public)
     mean = ATTACKS.get("label-only")(attacker, params.attacks["label-only"], 0).image
     images, labels = public
     assert torch.allclose(mean, images[labels == attacker.label].mean(0))

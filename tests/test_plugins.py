@@ -7,6 +7,7 @@ from conftest import run_stage, tiny_params
 
 from ggl.client import load_received
 from ggl.config import Params
+from ggl.models import build_model
 
 
 def test_user_model_defence_and_dataset_run_through_the_gradient_stage(tmp_path, monkeypatch):
@@ -20,8 +21,10 @@ def test_user_model_defence_and_dataset_run_through_the_gradient_stage(tmp_path,
     run_stage(params, "split")
     for name in params.defences:
         run_stage(params, "gradients", defence=name)
-    plain = load_received("results/tiny/gradients/none/img0.pt")
-    halved = load_received("results/tiny/gradients/halved/img0.pt")
+    model = build_model(params.model)
+    plain = load_received("results/tiny/gradients/none/img0.pt", params, "none", "img0", model)
+    halved = load_received("results/tiny/gradients/halved/img0.pt", params, "halved", "img0",
+                           model)
     assert plain["param_names"][-2:] == ["fc.weight", "fc.bias"]
     for a, b in zip(plain["gradient"], halved["gradient"], strict=True):
         assert torch.allclose(a * 0.25, b)

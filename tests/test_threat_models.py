@@ -58,7 +58,8 @@ def test_the_received_update_is_the_clients_e_step_update_that_the_simulation_re
                                   "b2e3-batch0", "b2e3-batch1", "late-batch0", "late-batch1"]
     trained = io.load_torch(root / "results/tiny/utility/none/model.pt")
     for update, batch in params.updates().items():
-        record = load_received(root / f"results/tiny/gradients/none/{update}.pt")
+        record = load_received(root / f"results/tiny/gradients/none/{update}.pt", params, "none",
+                               update, build_model(params.model))
         assert record["client"] == vars(params.clients[batch.client])
         indices = batch.indices
         model = build_model(ModelConfig(**record["model"]))

@@ -81,7 +81,7 @@ def defended_gradients(params: Params, defence: str, images: torch.Tensor, label
     model under this defence, for clients at checkpoint trained."""
     device = resolve_device(params.device)
     steps = params.defences[defence]
-    record = {"name": defence, "steps": [{"kind": s.kind, **s.settings} for s in steps]}
+    record = defence_record(params, defence)
     if (dp := dp_sgd_step(steps)) is not None:  # a public fact of the protocol, as its settings
         from ggl.dp import update_epsilon
 
@@ -118,9 +118,60 @@ def defended_gradients(params: Params, defence: str, images: torch.Tensor, label
                 "true_labels": batch_labels.cpu().tolist()})
 
 
-def load_received(path: str | Path) -> dict[str, Any]:
-    """The server's view of one client update (see module docstring)."""
+def defence_record(params: Params, defence: str) -> dict[str, Any]:
+    """The defence as a received update records it: its name and steps, settings written out."""
+    return {"name": defence,
+            "steps": [{"kind": s.kind, **s.settings} for s in params.defences[defence]]}
+
+
+def _mismatch(key: str, got: Any, want: Any) -> str | None:
+    """The first field where a received record differs from what params make, in words."""
+    if got == want:
+        return None
+    if isinstance(got, dict) and isinstance(want, dict):
+        field = next(k for k in sorted({*got, *want}, key=str) if got.get(k) != want.get(k))
+        return f"its {key}.{field} {got.get(field)!r} is not {want.get(field)!r} as params make it"
+    if isinstance(got, list) and isinstance(want, list) and len(got) == len(want):
+        i = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
+        return f"its {key}[{i}] {got[i]!r} is not {want[i]!r} as params make it"
+    return f"its {key} {got!r:.80} is not {want!r:.80} as params make it"
+
+
+def load_received(path: str | Path, params: Params, defence: str, update: str,
+                  model: nn.Module) -> dict[str, Any]:
+    """The server's view of one client update, refused (an error naming the file and the field)
+    unless it is what params make the client send: the same model (``model``, built from
+    params: the file never decides what code runs or what is allocated), image size, protocol
+    and defence, every tensor of the model's shape and finite."""
     record = io.load_torch(path)
-    if record.get("format") != GRADIENT_FORMAT:
-        raise GglError(f"{path}: not a ggl gradient file of format {GRADIENT_FORMAT}")
+
+    def refuse(what: str) -> GglError:
+        return GglError(f"{path}: refused, {what}")
+
+    if not isinstance(record, dict) or record.get("format") != GRADIENT_FORMAT:
+        raise refuse(f"not a ggl received-update record of format {GRADIENT_FORMAT}")
+    name = record.get("client_name")
+    if name not in params.clients:
+        raise refuse(f"client_name {name!r} is not in params' clients")
+    expected = {"image_id": update, "model": asdict(params.model),
+                "image_size": params.data.image_size, "client": asdict(params.clients[name]),
+                "param_names": [n for n, _ in model.named_parameters()],
+                "fc_index": fc_weight_index(model)}
+    for key, value in expected.items():
+        if (problem := _mismatch(key, record.get(key), value)) is not None:
+            raise refuse(problem)
+    steps = record.get("defence", {}).get("steps") if isinstance(record.get("defence"),
+                                                                 dict) else None
+    if steps != defence_record(params, defence)["steps"]:
+        raise refuse(f"its defence steps {steps!r} are not params' defences.{defence}")
+    gradient = record.get("gradient")
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    if not isinstance(gradient, list) or len(gradient) != len(shapes):
+        raise refuse(f"its gradient is not a list of {len(shapes)} tensors")
+    for i, (g, shape, pname) in enumerate(zip(gradient, shapes, expected["param_names"],
+                                              strict=True)):
+        if not isinstance(g, torch.Tensor) or tuple(g.shape) != shape or not g.is_floating_point():
+            raise refuse(f"gradient[{i}] ({pname}) is not a float tensor of shape {shape}")
+        if not bool(torch.isfinite(g).all()):
+            raise refuse(f"gradient[{i}] ({pname}) holds NaN or infinite values")
     return record

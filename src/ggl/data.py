@@ -247,4 +247,10 @@ def write_split(split: Split, cfg: DataConfig, public: Path, private: Path, test
 def load_part(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Images in [-1, 1] and labels of one part of the split (public.pt, private.pt, test.pt)."""
     stored = io.load_torch(path)
-    return to_unit_range(stored["images"]), stored["labels"]
+    with io.reading(path):
+        images, labels = stored["images"], stored["labels"]
+        if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
+                and images.dim() == 4 and labels.shape == (len(images),)):
+            raise ValueError("expected images (n, 3, H, W) and labels (n,)")
+    io.finite(path, images)
+    return to_unit_range(images), labels

@@ -182,12 +182,19 @@ def train_federated(model: nn.Module, clients: Sequence[Client], steps: Sequence
     fingerprint = data_fingerprint(torch.cat([c.images for c in clients] + [test.images]),
                                    torch.cat([c.labels for c in clients] + [test.labels]))
     rows: list[dict[str, Any]] = []
-    if resume_path.exists():
-        state = io.load_torch(resume_path, map_location=next(model.parameters()).device)
-        if state["settings"] == settings and state["data"] == fingerprint:
-            model.load_state_dict(state["model"])
-            rows = state["rows"]
-            if log:
+    state = io.read_resume(resume_path, next(model.parameters()).device, log)
+    if state is not None:
+        if state.get("settings") == settings and state.get("data") == fingerprint:
+            initial = {k: v.clone() for k, v in model.state_dict().items()}
+            try:
+                model.load_state_dict(state["model"])
+                rows = list(state["rows"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                io.set_aside(resume_path, f"cannot be resumed from ({exc!r:.100}), starting "
+                                          "over", log)
+                model.load_state_dict(initial)
+                rows = []
+            if log and rows:
                 log.info("resuming federated training after round %d of %d", len(rows) - 1,
                          cfg.rounds)
         elif log:

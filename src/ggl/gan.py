@@ -284,11 +284,16 @@ def train_gan(public_images: torch.Tensor, cfg: GanTrainConfig, resume_path: str
                              f"{int(labels.min())}..{int(labels.max())}")
     fingerprint = data_fingerprint(public_images, labels)
     s = _State(cfg, device)
-    if resume_path.exists():
-        state = io.load_torch(resume_path, map_location=device)
-        if state["config"] == asdict(cfg) and state["data"] == fingerprint:
-            s.load(state)
-            if log:
+    state = io.read_resume(resume_path, device, log)
+    if state is not None:
+        if state.get("config") == asdict(cfg) and state.get("data") == fingerprint:
+            try:
+                s.load(state)
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                io.set_aside(resume_path, f"cannot be resumed from ({exc!r:.100}), starting "
+                                          "over", log)
+                s = _State(cfg, device)
+            if log and s.epoch:
                 log.info("resuming GAN training after epoch %d of %d", s.epoch, cfg.epochs)
         elif log:
             log.info("%s was written for other settings or images: starting over", resume_path)

@@ -175,15 +175,18 @@ def build_dcgan(checkpoint: str | Path | None, image_size: int = 32, latent_dim:
                          num_classes=classes,
                          stand_in=f"random-weight DCGAN (width {width}, seed {seed})")
     state = io.load_torch(checkpoint)  # weights_only=True
-    saved = state["config"]
-    found = (saved["latent_dim"], saved["width"], saved.get("num_classes", 0))
+    with io.reading(checkpoint):
+        saved = state["config"]
+        found = (saved["latent_dim"], saved["width"], saved.get("num_classes", 0))
+        io.finite(checkpoint, state["generator"])
     if found != (latent_dim, width, classes):
         raise GglError(f"{checkpoint} holds a generator with latent_dim {found[0]}, width "
                          f"{found[1]} and {found[2]} classes (0 = unconditional), but params "
                          f"ask for {latent_dim}, {width} and {classes}: retrain it "
                          "(ggl train-gan) or fix generator settings")
     net = DCGANGenerator(latent_dim, width, classes)
-    net.load_state_dict(state["generator"])
+    with io.reading(checkpoint):
+        net.load_state_dict(state["generator"])
     return Generator(net, latent_dim, image_size, conditional=conditional, num_classes=classes)
 
 

@@ -10,12 +10,15 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ggl.errors import GglError
 
 
 @contextmanager
@@ -59,8 +62,17 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return out.getvalue()
 
 
+class UnreadableFile(GglError):
+    """A file a stage reads is missing, corrupt or not what it should hold; names the file."""
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UnreadableFile(f"{path}: missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UnreadableFile(f"{path}: not valid JSON ({exc})") from None
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
@@ -75,7 +87,79 @@ def save_torch(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Tensors and plain containers only (``weights_only=True``: a file holding anything else is
+    refused, never unpickled); an error naming the file when it cannot be read."""
+    import pickle
+
+    try:
+        with warnings.catch_warnings():  # torch's note on a legacy file's pickle protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UnreadableFile(f"{path}: missing") from None
+    except pickle.UnpicklingError as exc:  # never retried without weights_only
+        detail = str(exc).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        raise UnreadableFile(f"{path}: refused by the weights-only loader, so never unpickled: "
+                             f"not tensors and plain containers alone "
+                             f"({detail[0].split('. ')[0] if detail else 'unreadable'})") from None
+    except Exception as exc:  # noqa: BLE001 - parsing arbitrary bytes fails in many ways
+        raise UnreadableFile(f"{path}: not a readable torch file ({_first(exc)})") from None
+
+
+def set_aside(path: str | os.PathLike, why: str, log: Any = None) -> Path:
+    """Move a file that cannot be used to ``<name>.rejected`` (kept for inspection), warning."""
+    path = Path(path)
+    rejected = path.with_name(path.name + ".rejected")
+    os.replace(path, rejected)
+    message = f"{path}: {why}; moved aside to {rejected.name}"
+    (log.warning if log is not None else warnings.warn)(message)
+    return rejected
+
+
+def read_resume(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                log: Any = None) -> dict[str, Any] | None:
+    """A resume file's content; None when there is none, or when it cannot be read (it is then
+    set aside and the work starts over: a resume file only saves time)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = load_torch(path, map_location)
+    except UnreadableFile as exc:
+        set_aside(path, f"unreadable ({str(exc).split(': ', 1)[-1]}), starting over", log)
+        return None
+    if not isinstance(state, dict):
+        set_aside(path, "not a resume record, starting over", log)
+        return None
+    return state
+
+
+@contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """Around the code that takes a loaded file apart: a missing key, a wrong type or shape
+    becomes one line naming the file instead of a traceback deep in a stage."""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError, AttributeError, RuntimeError, ValueError) as exc:
+        raise UnreadableFile(f"{path}: not what ggl writes there ({_first(exc)})") from None
+
+
+def finite(path: str | os.PathLike, tensors: Any) -> None:
+    """Refuse a loaded file holding NaN or infinite values in any of its tensors."""
+    values = tensors.values() if isinstance(tensors, dict) else (
+        tensors if isinstance(tensors, list | tuple) else [tensors])
+    for value in values:
+        if isinstance(value, dict | list | tuple):
+            finite(path, value)
+        elif (isinstance(value, torch.Tensor) and value.is_floating_point()
+              and not bool(torch.isfinite(value).all())):
+            raise UnreadableFile(f"{path}: holds NaN or infinite values")
+
+
+def _first(exc: BaseException) -> str:
+    """The exception's type and first sentence: enough to name what is wrong in one line."""
+    text = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text or 'empty or truncated'}"
 
 
 def image_grid(images: torch.Tensor, nrow: int, padding: int = 1) -> torch.Tensor:

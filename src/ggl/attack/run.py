@@ -148,15 +148,16 @@ def infer_labels(received: Gradient, model: nn.Module, fc_index: int, client: Cl
     return labels_from_counts(label_counts(bias, client.batch_size, softmax))
 
 
-def prepare_attacker(record: dict[str, Any], generator: Any | None, device: torch.device,
-                     scorer: str = "auto",
+def prepare_attacker(record: dict[str, Any], model_cfg: ModelConfig, generator: Any | None,
+                     device: torch.device, scorer: str = "auto",
                      public: tuple[torch.Tensor, torch.Tensor] | None = None,
                      trained: dict[str, torch.Tensor] | None = None) -> Attacker:
-    """The attacker of one received update (``ggl.client.load_received``); ``public``: the
-    public split, which label-only and label inference at batch size > 1 use; ``trained``: the
+    """The attacker of one received update (``ggl.client.load_received``, which checks it
+    against params) with the federated model of params' ``model_cfg``; ``public``: the public
+    split, which label-only and label inference at batch size > 1 use; ``trained``: the
     federation's trained weights, which the server has, for a client at checkpoint trained."""
     client = ClientConfig(**record["client"])
-    model = build_model(ModelConfig(**record["model"]), device)
+    model = build_model(model_cfg, device)
     if client.checkpoint == "trained":
         if trained is None:
             raise ValueError("a client at checkpoint trained needs the trained model's weights")

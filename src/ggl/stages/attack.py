@@ -21,6 +21,7 @@ from ggl.attack.run import (
 from ggl.client import load_received
 from ggl.data import load_part
 from ggl.generators import build_generator
+from ggl.models import build_model
 from ggl.pipeline.registry import Stage
 from ggl.runtime import derive_seed, resolve_device
 
@@ -37,10 +38,15 @@ def run(stage: Stage, log: Logger) -> None:
     needs_public = cfg.method == "label-only" or params.batched()
     public = load_part(stage.input("public")) if needs_public else None
     trained = io.load_torch(stage.input("attacked_model")) if stage.has("attacked_model") else None
+    model = build_model(params.model)  # what every received file must match
+    records = {image: load_received(stage.input("received", image=image), params, defence,
+                                    image, model)
+               for image in params.image_ids()}  # all refused or accepted before any compute
     costs: dict[str, float | None] = {}
     for image in tqdm(params.image_ids(), desc=f"{attack} on {defence}", unit="update"):
-        record = load_received(stage.input("received", image=image))
-        attacker = prepare_attacker(record, generator, device, params.scorer, public, trained)
+        record = records[image]
+        attacker = prepare_attacker(record, params.model, generator, device, params.scorer,
+                                    public, trained)
         if record["client_name"] not in costs:  # the same for every update of a client
             costs[record["client_name"]] = evaluation_cost(attacker, cfg)
         cost = costs[record["client_name"]]

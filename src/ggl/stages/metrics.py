@@ -44,17 +44,28 @@ def run(stage: Stage, log: Logger) -> None:
     batched = params.batched()
     for defence, attack, update in params.runs():
         run_files = {"defence": defence, "attack": attack, "image": update}
-        result = io.read_json(stage.input("result", **run_files))
-        truth = io.read_json(stage.input("truth", defence=defence, image=update))
-        inferred = result.get("inferred_labels", [result["inferred_label"]])
-        model = models[truth["client"]["checkpoint"], defence]  # MSE-R: the attacked model
-        originals = images[truth["private_indices"]]
-        samples = as_batches(io.load_torch(stage.input("reconstruction", **run_files)),
-                             len(originals))
+        result_path = stage.input("result", **run_files)
+        truth_path = stage.input("truth", defence=defence, image=update)
+        result, truth = io.read_json(result_path), io.read_json(truth_path)
+        with io.reading(result_path):
+            inferred = result.get("inferred_labels", [result["inferred_label"]])
+        with io.reading(truth_path):
+            model = models[truth["client"]["checkpoint"], defence]  # MSE-R: the attacked model
+            originals = images[truth["private_indices"]]
+            if len(truth["true_labels"]) != len(originals):
+                raise ValueError("private_indices and true_labels differ in length")
+        reconstruction = stage.input("reconstruction", **run_files)
+        with io.reading(reconstruction):
+            samples = as_batches(io.load_torch(reconstruction), len(originals))
+            if samples.shape[1:] != (len(originals), *originals.shape[1:]):
+                raise ValueError(f"shape {tuple(samples.shape)} is not that of the batch")
+        io.finite(reconstruction, samples)
         # which reconstruction of each sample's batch each private image is scored against
         slots = [match_batch(batch, originals) for batch in samples]
-        marks = io.load_torch(stage.input("checkpoints", **run_files))
-        marked = as_batches(marks["images"], len(originals))
+        checkpoints = stage.input("checkpoints", **run_files)
+        marks = io.load_torch(checkpoints)
+        with io.reading(checkpoints):
+            marked = as_batches(marks["images"], len(originals))
         mark_slots = [match_batch(batch, originals) for batch in marked]
         for i, (index, label) in enumerate(zip(truth["private_indices"], truth["true_labels"],
                                                strict=True)):
