@@ -13,22 +13,26 @@ from ggl.errors import GglError
 
 T = TypeVar("T", bound=Callable)
 
-PLUGIN_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+PLUGIN_PATTERN = r"\A[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z"  # \Z: "mod:fn\n" is no plugin name
 
 
 def import_callable(spec: str) -> Callable:
-    """Import ``package.module:callable``; raise a GglError that says what went wrong."""
+    """Import ``package.module:callable``; raise a GglError that says, in one line, what went
+    wrong (callers that know the params key naming ``spec`` put it in front). A module that
+    cannot be found or does not compile is such an error; any other exception its import raises
+    is a bug in it, and keeps its traceback."""
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise GglError(f"cannot import module {module_name!r} named in {spec!r}: {exc}") from exc
+    except (ImportError, SyntaxError) as exc:
+        raise GglError(f"cannot import {spec!r} ({type(exc).__name__}: {exc})") from exc
     try:
         obj = getattr(module, attr)
     except AttributeError as exc:
-        raise GglError(f"module {module_name!r} has no attribute {attr!r} ({spec!r})") from exc
+        raise GglError(f"cannot resolve {spec!r}: module {module_name!r} has no attribute "
+                       f"{attr!r}") from exc
     if not callable(obj):
-        raise GglError(f"{spec!r} is not callable")
+        raise GglError(f"{spec!r} is not callable (it is a {type(obj).__name__})")
     return obj
 
 

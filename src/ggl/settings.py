@@ -9,6 +9,7 @@ params must stay cheap.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, fields
 from functools import cache
 from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
@@ -19,12 +20,14 @@ Schedule = Literal["none", "warmup-cosine", "step"]  # ggl.attack.optimisers.SCH
 Design = Literal["lhs", "sobol"]  # ggl.attack.optimisers.DESIGNS
 
 _hints = cache(get_type_hints)  # a settings class's field types, resolved once
+_FLOAT_MAX = sys.float_info.max
 
 
 class _Settings:
     """Checks on construction that each field holds its annotated type (an int is accepted for a
-    float and stored as one; a bool is no number), a Literal field one of its values, and the
-    lower bounds in ``LIMITS`` (field -> (">" or ">=", bound)); else ValueError 'field: ...'."""
+    float and stored as one; an int field takes an int only, not 16.0; a bool is no number; a
+    float is finite), a Literal field one of its values, and the lower bounds in ``LIMITS``
+    (field -> (">" or ">=", bound)); else ValueError 'field: ...'."""
 
     LIMITS: ClassVar[dict[str, tuple[str, float]]] = {}
 
@@ -33,15 +36,20 @@ class _Settings:
             hint, value = _hints(type(self))[f.name], getattr(self, f.name)
             if get_origin(hint) is Literal:
                 if value not in get_args(hint):
-                    raise ValueError(f"{f.name}: {value!r} is not allowed; allowed are "
+                    raise ValueError(f"{f.name}: {value!r:.60} is not allowed; allowed are "
                                      f"{', '.join(get_args(hint))}")
                 continue
             number = isinstance(value, int | float) and not isinstance(value, bool)
             valid = {bool: isinstance(value, bool), int: number and isinstance(value, int),
                      float: number}
             if not valid.get(hint, True):
-                raise ValueError(f"{f.name}: expected {hint.__name__}, got {value!r}")
+                whole = (hint is int and isinstance(value, float) and value.is_integer()
+                         and abs(value) < 2**63)
+                raise ValueError(f"{f.name}: expected {hint.__name__}, got {value!r:.60}"
+                                 + (f" (write {int(value)})" if whole else ""))
             if hint is float:
+                if not (-_FLOAT_MAX <= value <= _FLOAT_MAX):  # NaN, inf, or an int too large
+                    raise ValueError(f"{f.name}: must be a finite number, got {value!r:.40}")
                 object.__setattr__(self, f.name, float(value))
         for name, (op, low) in self.LIMITS.items():
             value = getattr(self, name)
@@ -142,6 +150,7 @@ class NoSettings(_Settings):
 # seed) on Gaussian noise with the received gradient's norms and zeros, the real label.
 CONTROLS = ("prior", "label-only", "noise-gradient")
 NO_MODEL_PASS = ("prior", "label-only")  # one trial, and no pass of the federated model
+NO_GENERATOR = ("dlg", "idlg", "ig", "gi", "label-only")  # pixels or the public split alone
 
 # --- the methods --------------------------------------------------------------------------
 
@@ -171,3 +180,11 @@ class AttackConfig:
         if self.method == "ggl-cmaes" and popsize and self.budget < popsize:
             raise ValueError(f"budget: {self.budget} is less than one generation "
                              f"(optimiser.popsize = {popsize})")
+
+
+def uses_generator(attack: str, attacks: dict[str, AttackConfig]) -> bool:
+    """Whether attack ``attack`` reads the generator (a plugin method may: assume it does)."""
+    cfg = attacks[attack]
+    if cfg.of is not None:
+        return uses_generator(cfg.of, attacks)
+    return cfg.method not in NO_GENERATOR
