@@ -4,10 +4,10 @@
 # which also generates dvc.yaml and the `ggl` subcommands the rules call.
 import os
 
-import yaml
 from snakemake.utils import min_version
 
-from ggl.config import Params
+from ggl.config import ParamsError, load_params
+from ggl.pipeline.imports import code_digest
 from ggl.pipeline.registry import (
     STAGE_KINDS,
     Stage,
@@ -25,16 +25,22 @@ report: "workflow/report/workflow.rst"
 
 
 # No `configfile:` directive: Snakemake would deep-merge it with --configfile, leaking the
-# default's defences into other experiments. The params file is the one given, or params.yaml.
+# default's defences into other experiments. The params file is the one given, or params.yaml,
+# named relative to the project: jobs' commands (and so Snakemake's records of them) stay the
+# same when the project moves or is cloned again.
 PARAMS_FILE = (
-    str(workflow.overwrite_configfiles[-1])
+    os.path.relpath(workflow.overwrite_configfiles[-1])
     if workflow.overwrite_configfiles
     else "params.yaml"
 )
-if not config:
-    with open(PARAMS_FILE) as handle:
-        config.update(yaml.safe_load(handle))
-P = Params.from_raw(config, source=PARAMS_FILE)  # readable errors naming the key, first
+P = load_params(PARAMS_FILE)  # readable errors naming the key, before anything runs
+if config and config != P.raw:  # --config, or several --configfile: jobs would not see them
+    raise ParamsError(
+        f"--config overrides (and more than one --configfile) are refused: every job reads "
+        f"the one params file, {PARAMS_FILE}, so the override would be ignored. Write the "
+        f"change into a params file and pass it with --configfile FILE"
+    )
+config.update(P.raw)
 
 
 rule all:
@@ -57,6 +63,7 @@ for k in (k for k in STAGE_KINDS if k.instances(P)):
         params:
             values=lambda wc, k=k: Stage(k, P, dict(wc)).param_values(),
             cmd=lambda wc, k=k: Stage(k, P, dict(wc)).command(PARAMS_FILE),
+            code=code_digest(k.module),  # a code change reruns the job: by content
         threads: k.threads  # Snakemake lowers it to --cores when fewer are given
         priority: k.priority
         resources:

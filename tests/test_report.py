@@ -35,7 +35,7 @@ def made_up_frame(lpips: str = "lpips_vgg") -> pd.DataFrame:
                     # near the ends of their ranges: bars of mean ± sd would leave them
                     "ssim": 0.999 - 0.3 * k ** 2, lpips: 0.002 + 0.3 * k ** 2,
                     "mse_r": float(rng.uniform(1e-5, 1e-4)), "label_correct": k != 2,
-                    "evaluations": 100, "seconds": 1.5, "reid_rank_ssim": 1 + k,
+                    "evaluations": 100, "reid_rank_ssim": 1 + k,
                     "reid_top1_ssim": float(k == 0), "reid_candidates": 21})
     return above_control(pd.DataFrame(rows))
 

@@ -5,6 +5,7 @@ no cycle (``tests/test_structure.py``)."""
 from __future__ import annotations
 
 import ast
+import hashlib
 from functools import cache
 from pathlib import Path
 
@@ -52,3 +53,15 @@ def closure(module: str) -> list[str]:
         parents = [name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1)]
         todo += [*graph[name], *parents]
     return sorted(str(SOURCE_ROOT / module_files()[m].relative_to(PACKAGE_DIR)) for m in seen)
+
+
+@cache
+def code_digest(module: str) -> str:
+    """SHA-256 of the source ``module`` may execute (``closure``): Snakemake reruns a job when
+    it changes, by content, as DVC does; file times play no part, so a fresh clone of a
+    finished project reruns nothing."""
+    digest = hashlib.sha256()
+    for path in closure(module):
+        digest.update(path.encode() + b"\0")
+        digest.update((PACKAGE_DIR / Path(path).relative_to(SOURCE_ROOT)).read_bytes())
+    return digest.hexdigest()

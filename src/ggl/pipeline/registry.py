@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import shlex
 import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any
 
 from ggl.config import Params
 from ggl.pipeline.imports import closure
-from ggl.settings import GGL_OPTIMISERS
+from ggl.settings import GGL_OPTIMISERS, uses_generator
 
 Keys = dict[str, str]
 
@@ -82,6 +83,14 @@ def _threat_models(params: Params) -> bool:
     return len(params.clients) > 1
 
 
+def _unused_by_attack(params: Params, keys: Keys) -> frozenset[str]:
+    """A pixel baseline or the label-only control never reads the generator."""
+    if "attack" in keys and keys["attack"] in params.attacks and not uses_generator(
+            keys["attack"], params.attacks):
+        return frozenset({"generator", "biggan_weights"})  # input files and params key
+    return frozenset()
+
+
 OUT = "results/{experiment}"
 GAN = "results/{experiment}/generator"
 RUN = "results/{experiment}/attacks/{defence}/{attack}/{image}"
@@ -132,6 +141,9 @@ class StageKind:
     priority: int = 0  # Snakemake runs higher first among ready jobs
     resources: dict[str, int] = field(default_factory=dict)  # sized for the paper experiments
     persist: bool = False  # DVC does not delete its outputs before rerunning it
+    # the inputs and params keys an instance does not use (Snakemake then neither waits for
+    # nor reruns on them; DVC's matrix shares one list per kind)
+    unused: Callable[[Params, Keys], frozenset[str]] = lambda params, keys: frozenset()
 
     @property
     def rule(self) -> str:
@@ -180,7 +192,13 @@ class Stage:
         return {"experiment": self.params.experiment, **self.keys}
 
     def inputs(self) -> dict[str, list[str]]:
-        return {n: expand(n, self.params, self._bound()) for n in self.kind.inputs}
+        unused = self.kind.unused(self.params, self.keys)
+        return {n: expand(n, self.params, self._bound()) for n in self.kind.inputs
+                if n not in unused}
+
+    def reads(self, name: str) -> bool:
+        """Whether this instance reads input ``name``: params have it and the instance uses it."""
+        return bool(self.inputs().get(name))
 
     def outputs(self) -> dict[str, list[str]]:
         return {n: expand(n, self.params, self._bound()) for n in self.kind.outputs}
@@ -198,16 +216,20 @@ class Stage:
         return self.kind.log(self.params.experiment).format(**self.keys)
 
     def param_keys(self) -> list[str]:
-        return [key.format(**self.keys) for key in self.kind.params]
+        unused = self.kind.unused(self.params, self.keys)
+        return [key.format(**self.keys) for key in self.kind.params if key not in unused]
 
     def param_values(self) -> dict[str, Any]:
         return {key: lookup(self.params.raw, key) for key in self.param_keys()}
 
     def command(self, params_file: str) -> str:
-        options = (f"--{w} {v}" for w, v in self.keys.items())
-        return " ".join(["ggl", self.kind.name, "--params", params_file, *options])
+        """The shell command, every word quoted: a params path is data, never shell."""
+        options = [word for w, v in self.keys.items() for word in (f"--{w}", v)]
+        return shlex.join(["ggl", self.kind.name, "--params", params_file, *options])
 
     def input(self, name: str, **keys: str) -> Path:
+        if name in self.kind.unused(self.params, self.keys):
+            raise UndeclaredFile(f"stage {self.name} does not use {name!r}")
         return self._path(name, self.kind.inputs, keys)
 
     def output(self, name: str, **keys: str) -> Path:
@@ -352,6 +374,7 @@ STAGE_KINDS: list[StageKind] = [
                  "result": File(f"{RUN}/result.json")},
         params=("experiment", "seed", "scorer", "compute_budget", "clients",
                 "data.image_size", "data.num_classes", "generator", "attacks.{attack}"),
+        unused=_unused_by_attack,
         # all images of one (defence, attack); IG/GI at 224x224: 4 x 24,000 double-backward
         # steps an image
         resources={**RESOURCES_GPU, "runtime": 1440, "mem_mb": 32000},
@@ -363,6 +386,8 @@ STAGE_KINDS: list[StageKind] = [
         inputs=("reconstruction", "result", "checkpoints", "truth", "private", "attacked_model"),
         outputs={"metrics": File(f"{OUT}/metrics.csv"),
                  "metrics_conventions": File(f"{OUT}/metrics_conventions.json"),
+                 # the attacks' wall-clock seconds: measured, so never the same twice
+                 "timings": File(f"{OUT}/timings.csv"),
                  # each run's best-so-far image at its checkpoints against the truth
                  "quality_curves": File(f"{OUT}/quality_vs_compute.csv")},
         params=("experiment", "model", "data.num_classes", "metrics", "private_images",
@@ -455,8 +480,9 @@ def rule_outputs(k: StageKind, params: Params, report: Callable[..., Any]) -> di
 
 
 def rule_inputs(k: StageKind, params: Params, wildcards: Keys) -> dict[str, list[str]]:
-    stage = Stage(k, params, wildcards)
-    return {**stage.inputs(), "code": stage.code()}
+    """The files a job waits for. Its code is not among them: Snakemake compares its digest,
+    a rule param (``code_digest``), so file times of a fresh clone trigger nothing."""
+    return Stage(k, params, wildcards).inputs()
 
 
 def constraints(k: StageKind, params: Params) -> Keys:

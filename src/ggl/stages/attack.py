@@ -4,6 +4,8 @@ size > 1) the public split, never a private image or the client's truth."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from logging import Logger
 
 import torch
@@ -31,10 +33,12 @@ def run(stage: Stage, log: Logger) -> None:
     defence, attack = stage.keys["defence"], stage.keys["attack"]
     cfg = params.attacks[attack]
     device = resolve_device(params.device)
-    checkpoint = next((stage.input(name) for name in ("generator", "biggan_weights")
-                       if stage.has(name)), None)  # None: a plugin generator's own weights
-    generator = build_generator(params, checkpoint, device)
-    prior = {"kind": params.generator.kind, **generator.info()}
+    generator, prior = None, None  # a pixel baseline or label-only: no generator
+    if "generator" not in stage.kind.unused(params, stage.keys):
+        checkpoint = next((stage.input(name) for name in ("generator", "biggan_weights")
+                           if stage.reads(name)), None)  # None: a plugin generator's own weights
+        generator = build_generator(params, checkpoint, device)
+        prior = {"kind": params.generator.kind, **generator.info()}
     needs_public = cfg.method == "label-only" or params.batched()
     public = load_part(stage.input("public")) if needs_public else None
     trained = io.load_torch(stage.input("attacked_model")) if stage.has("attacked_model") else None
@@ -43,6 +47,7 @@ def run(stage: Stage, log: Logger) -> None:
                                     image, model)
                for image in params.image_ids()}  # all refused or accepted before any compute
     costs: dict[str, float | None] = {}
+    pending: list[Callable[[], None]] = []
     for image in tqdm(params.image_ids(), desc=f"{attack} on {defence}", unit="update"):
         record = records[image]
         attacker = prepare_attacker(record, params.model, generator, device, params.scorer,
@@ -55,16 +60,24 @@ def run(stage: Stage, log: Logger) -> None:
         seed = derive_seed(params.seed, "attack", cfg.of or attack, image)
         best, trials, result = run_attack(ATTACKS.get(cfg.method), attacker, cfg, seed, cost,
                                           params.compute_budget)
-        io.save_torch(stage.output("reconstruction", image=image), best.image)
-        io.save_image(stage.output("reconstruction_png", image=image),
-                      best.image.reshape(-1, *best.image.shape[-3:]))
         latent = best.latent if best.latent is not None else torch.zeros(0)
-        io.save_torch(stage.output("latent", image=image), latent)
-        io.write_text(stage.output("curve", image=image), curve_csv(trials))
-        io.save_torch(stage.output("checkpoints", image=image),
-                      checkpoints_record(best, result["cost_per_evaluation"],
-                                         attacker.client.batch_size))
-        io.write_json(stage.output("result", image=image), {
-            "image_id": image, "defence": defence, "attack": attack, "generator": prior,
-            **result})
+        marks = checkpoints_record(best, result["cost_per_evaluation"],
+                                   attacker.client.batch_size)
+        summary = {"image_id": image, "defence": defence, "attack": attack,
+                   "generator": prior, **result}
+        pending.append(partial(_write, stage, image, best.image, latent, curve_csv(trials),
+                               marks, summary))
+    for write in pending:  # only once every update is attacked: all new images, or none
+        write()
     log.info("%s on %s: %d reconstructions", attack, defence, len(params.image_ids()))
+
+
+def _write(stage: Stage, image: str, reconstruction: torch.Tensor, latent: torch.Tensor,
+           curve: str, checkpoints: dict, result: dict) -> None:
+    io.save_torch(stage.output("reconstruction", image=image), reconstruction)
+    io.save_image(stage.output("reconstruction_png", image=image),
+                  reconstruction.reshape(-1, *reconstruction.shape[-3:]))
+    io.save_torch(stage.output("latent", image=image), latent)
+    io.write_text(stage.output("curve", image=image), curve)
+    io.save_torch(stage.output("checkpoints", image=image), checkpoints)
+    io.write_json(stage.output("result", image=image), result)
