@@ -292,3 +292,21 @@ def test_a_bad_attack_output_stops_the_metrics_stage_naming_it(attacked, case):
     message = str(info.value)
     assert message.startswith(f"{target.relative_to(root)}: ") and "\n" not in message, message
     assert not (root / "results/tiny/metrics.csv").exists()
+
+
+def test_a_corrupt_image_in_an_imagefolder_is_named(tmp_path):
+    from PIL import Image
+
+    from ggl.config import DataConfig
+    from ggl.data import load_imagefolder
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for k in range(3):
+            Image.new("RGB", (8, 8), (40 * k, 0, 0)).save(tmp_path / cls / f"{k}.png")
+    bad = tmp_path / "b" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:20])  # truncated
+    cfg = DataConfig(dataset="imagefolder", root=str(tmp_path), download=False, image_size=8,
+                     num_classes=2, public_size=2, private_size=2, test_size=0, split_seed=0)
+    with pytest.raises(GglError, match=f"^{bad}: not a readable image"):
+        load_imagefolder(cfg)

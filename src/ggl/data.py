@@ -103,7 +103,13 @@ def _stack(dataset: Any, indices: torch.Tensor, label_of, what: str) -> tuple[to
 
     images, labels = [], []
     for i in tqdm(indices.tolist(), desc=f"reading {what}", unit="img"):
-        image, target = dataset[i]
+        try:
+            image, target = dataset[i]
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: truncated or not an image
+            name = getattr(dataset, "samples", None)
+            where = name[i][0] if name else f"{what}, image {i}"
+            raise DataError(f"{where}: not a readable image ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
         images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3])
         labels.append(label_of(target))
     if not images:
