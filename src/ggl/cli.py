@@ -18,6 +18,7 @@ from pathlib import Path
 from ggl.config import Params, ParamsError, load_params
 from ggl.errors import GglError, MissingRunError
 from ggl.pipeline.registry import STAGE_KINDS, VALUES, Stage, kind
+from ggl.threads import set_thread_env
 
 Handler = Callable[[argparse.Namespace, Params], None]
 
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     """Expected problems (``GglError``) print one line and exit 2; anything else keeps its
     traceback (and exits 1)."""
     args = build_parser().parse_args(argv)
+    set_thread_env()  # before any stage imports torch: OpenMP reads it once
     try:
         args.handler(args, load_params(args.params))
     except GglError as exc:
