@@ -4,6 +4,7 @@ unpickled into code, and each is refused with one line naming it."""
 from __future__ import annotations
 
 import pickle
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,23 +68,33 @@ def test_the_verified_vgg16_features_are_the_backbone_lpips_uses(torch_cache, mo
 
 # --- received updates: the attack stage accepts only what params make the client send --------
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """Tiny params, their split and undefended received updates; tests run in that folder."""
+@contextmanager
+def tiny_project(root: Path, attacks: tuple[str, ...] = ()):
+    """Tiny params, their split, undefended received updates and the ``attacks`` run; the
+    block runs in that folder."""
     from conftest import run_stage, tiny_params
 
     from ggl.config import Params
 
-    root = tmp_path_factory.mktemp("hostile")
     raw = tiny_params()
     raw["generator"]["kind"] = "plugins_for_tests:stand_in_dcgan"
     raw["defences"] = {"none": []}
+    if attacks:
+        raw["attacks"] = {a: raw["attacks"][a] for a in attacks}
     params = Params.from_raw(raw)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         run_stage(params, "split")
         run_stage(params, "gradients", defence="none")
+        for attack in attacks:
+            run_stage(params, "attack", defence="none", attack=attack)
         yield params, root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    with tiny_project(tmp_path_factory.mktemp("hostile")) as made:
+        yield made
 
 
 def _edit(record: dict, case: str, marker: Path) -> object:
@@ -236,22 +247,8 @@ def test_an_unreadable_gan_resume_file_is_set_aside_and_training_starts_over(tmp
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory):
     """Tiny params with one cheap attack run, ready for the metrics stage."""
-    from conftest import run_stage, tiny_params
-
-    from ggl.config import Params
-
-    root = tmp_path_factory.mktemp("metrics")
-    raw = tiny_params()
-    raw["generator"]["kind"] = "plugins_for_tests:stand_in_dcgan"
-    raw["defences"] = {"none": []}
-    raw["attacks"] = {"prior": raw["attacks"]["prior"]}
-    params = Params.from_raw(raw)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        run_stage(params, "split")
-        run_stage(params, "gradients", defence="none")
-        run_stage(params, "attack", defence="none", attack="prior")
-        yield params, root
+    with tiny_project(tmp_path_factory.mktemp("metrics"), attacks=("prior",)) as made:
+        yield made
 
 
 @pytest.mark.parametrize("case", ["NaN reconstruction", "reconstruction of another shape",

@@ -111,9 +111,9 @@ def weights_problem(path: Path, architecture: Mapping[str, Any]) -> str | None:
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to load means "not the weights"
-        return f"it does not load as a weights-only state dict ({type(exc).__name__}: {exc})"
+        state = io.load_torch(path)
+    except io.UnreadableFile as exc:
+        return str(exc).split(": ", 1)[-1]
     if not isinstance(state, dict) or not all(
             isinstance(v, torch.Tensor) for v in state.values()):
         return "it is not a state dict of tensors"

@@ -96,13 +96,11 @@ def _vgg16_check(path: Path) -> str | None:
 def fetch_vgg16_weights() -> Path:
     """Torchvision's ImageNet VGG16 weights in the torch cache, their full SHA-256 verified: a
     file there that does not match is moved aside to ``<name>.rejected``."""
-    from ggl.download import DownloadError, ensure
+    from ggl.download import ensure
 
     path = vgg16_weights_path()
     try:
         ensure(VGG16_URL, path, _vgg16_check)
-    except DownloadError:
-        raise
     except OSError as exc:  # offline: URLError, socket errors, ...
         raise GglError(
             f"could not download the VGG16 weights LPIPS needs ({exc}). On a machine with "
@@ -112,19 +110,15 @@ def fetch_vgg16_weights() -> Path:
 
 
 def vgg16_features(path: Path) -> dict[str, torch.Tensor]:
-    """The verified file's ``features.*`` tensors, loaded without unpickling code; an error
-    naming the file when it is not exactly torchvision's VGG16."""
-    import torchvision
+    """The ``features.*`` tensors of the file, once its full SHA-256 says it is torchvision's
+    VGG16 (an error naming the file otherwise), loaded without unpickling code."""
+    from ggl import io
 
     problem = _vgg16_check(path)
     if problem is not None:
         raise GglError(f"{path}: refused, {problem}. Delete it and run `ggl fetch-lpips`, or "
                        f"download {VGG16_URL} there")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    expected = torchvision.models.vgg16(weights=None).state_dict()
-    if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in expected.items()}:
-        raise GglError(f"{path}: not torchvision's VGG16 state dict")
-    return {k: v for k, v in state.items() if k.startswith("features.")}
+    return {k: v for k, v in io.load_torch(path).items() if k.startswith("features.")}
 
 
 class Lpips:

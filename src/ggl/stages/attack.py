@@ -26,6 +26,7 @@ from ggl.generators import build_generator
 from ggl.models import build_model
 from ggl.pipeline.registry import Stage
 from ggl.runtime import derive_seed, resolve_device
+from ggl.settings import uses_generator
 
 
 def run(stage: Stage, log: Logger) -> None:
@@ -34,7 +35,7 @@ def run(stage: Stage, log: Logger) -> None:
     cfg = params.attacks[attack]
     device = resolve_device(params.device)
     generator, prior = None, None  # a pixel baseline or label-only: no generator
-    if "generator" not in stage.kind.unused(params, stage.keys):
+    if uses_generator(attack, params.attacks):
         checkpoint = next((stage.input(name) for name in ("generator", "biggan_weights")
                            if stage.reads(name)), None)  # None: a plugin generator's own weights
         generator = build_generator(params, checkpoint, device)
