@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import run_stage, tiny_params
-from skimage.metrics import peak_signal_noise_ratio
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from ggl.config import ModelConfig, Params
 from ggl.errors import GglError, MissingRunError
@@ -51,6 +51,23 @@ def test_psnr_agrees_with_scikit_image(images):
                                                                         strict=True)]
     assert psnr_01(noisy, images) == pytest.approx(expected, rel=1e-5)
     assert ssim(noisy, images)[0] < 1
+
+
+@pytest.mark.parametrize("shape", [(12, 3, 32, 32), (4, 1, 7, 9), (3, 3, 40, 24)])
+def test_batched_ssim_is_scikit_images_value_for_every_pair(shape):
+    """One pass over all pairs gives each pair exactly what scikit-image's own call gives."""
+    gen = torch.Generator().manual_seed(2)
+    a = torch.rand(shape, generator=gen) * 2.4 - 1.2  # some pixels outside [-1, 1]: clamped
+    b = (a + 0.3 * torch.randn(shape, generator=gen)).clamp(-1, 1)
+
+    def to01(t: torch.Tensor):
+        return ((t + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+    expected = [float(structural_similarity(x, y, channel_axis=2, data_range=1.0))
+                for x, y in zip(to01(a), to01(b), strict=True)]
+    assert ssim(a, b) == expected
+    with pytest.raises(ValueError, match="at least 7x7"):
+        ssim(a[..., :6, :], b[..., :6, :])
 
 
 def test_stand_in_lpips_is_labelled_and_refused_where_params_forbid_it(lpips_metric):
