@@ -60,11 +60,13 @@ for k in (k for k in STAGE_KINDS if k.instances(P)):
             **rule_outputs(k, P, report),
         log:
             k.log(P.experiment),
+        benchmark:
+            k.benchmark(P.experiment)
         params:
             values=lambda wc, k=k: Stage(k, P, dict(wc)).param_values(),
             cmd=lambda wc, k=k: Stage(k, P, dict(wc)).command(PARAMS_FILE),
             code=code_digest(k.module),  # a code change reruns the job: by content
-        threads: k.threads  # Snakemake lowers it to --cores when fewer are given
+        threads: k.job_threads(P)  # Snakemake lowers it to --cores when fewer are given
         priority: k.priority
         resources:
             **k.resources,

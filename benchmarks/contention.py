@@ -4,21 +4,21 @@ Two workloads of the embedded default (params.yaml), each in a fresh process so 
 threading settings apply before torch starts:
 
 * ``gan``: the GAN stage's WGAN-GP training (``ggl.gan._epoch`` on random images of the
-  default's shape, its recipe and width), at 2 torch threads, as the Snakemake job runs on 2
-  cores;
+  default's shape, its recipe and width);
 * ``attack``: an attack job's evaluation loop (one CMA-ES generation of the default's
   population scored by ``ggl.attack.objective.Objective``, the default's model and a stand-in
-  generator of its width), at 1 thread.
+  generator of its width).
 
-Each runs alone, then beside a competitor this script starts (one process, one torch thread,
-multiplying matrices without pause), for each OpenMP wait policy asked for; it prints the
-seconds per step of both, and their ratio. ``default`` leaves the environment as it is (what
-`ggl` did before it set a policy); ``passive`` sets ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep
-while they wait for each other instead of spinning); ``ggl`` runs with what the `ggl` command
-sets (``ggl.threads.THREAD_ENV``).
+Each runs on its job's torch threads (``StageKind.job_threads``: what Snakemake and DVC give it
+under params.yaml) unless ``--threads`` says otherwise, alone, then beside a competitor this
+script starts (one process, one torch thread, multiplying matrices without pause), for each
+OpenMP wait policy asked for; it prints the seconds per step of both, and their ratio.
+``default`` leaves the environment as it is (what `ggl` did before it set a policy);
+``passive`` sets ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep while they wait for each other
+instead of spinning); ``ggl`` runs with what the `ggl` command sets (``ggl.threads.THREAD_ENV``).
 
-    python benchmarks/contention.py                       # both workloads, both policies
-    python benchmarks/contention.py --seconds 20 --policies default,passive,ggl
+    python benchmarks/contention.py                       # both workloads, the default's threads
+    python benchmarks/contention.py --workloads gan --threads gan=2 --policies default,passive
 """
 
 from __future__ import annotations
@@ -32,7 +32,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-THREADS = {"gan": 2, "attack": 1}
+STAGES = {"gan": "train-gan", "attack": "attack"}
+
+
+def job_threads() -> dict[str, int]:
+    from ggl.config import load_params
+    from ggl.pipeline.registry import kind
+
+    params = load_params(REPO / "params.yaml")
+    return {workload: kind(name).job_threads(params) for workload, name in STAGES.items()}
+
+
+THREADS: dict[str, int] = {}
 COMPETITOR = ("import torch\ntorch.set_num_threads(1)\na = torch.randn(384, 384)\n"
               "while True:\n    a = (a @ a).clamp_(-1, 1)\n")
 
@@ -132,13 +143,14 @@ def measure(workload: str, policy: str, seconds: float) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="gan,attack")
-    parser.add_argument("--policies", default="default,passive",
+    parser.add_argument("--policies", default="ggl",
                         help="default | passive | ggl | NAME=VALUE[+NAME=VALUE], comma-separated")
     parser.add_argument("--seconds", type=float, default=12.0, help="measured per run")
     parser.add_argument("--threads", default="",
-                        help="torch threads per workload, e.g. gan=1 (default gan=2,attack=1)")
+                        help="torch threads per workload, e.g. gan=2 (default: the job's)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    THREADS.update(job_threads())
     THREADS.update({k: int(v) for k, v in (item.split("=") for item in args.threads.split(",")
                                             if item)})
     if args.worker:

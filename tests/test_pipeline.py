@@ -4,8 +4,10 @@ code writes exactly the files the registry declares."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +17,7 @@ from conftest import REPO, assert_tracks, run_stage, tiny_params
 from test_report import grid, leading_number, tables_of
 
 from ggl.config import load_params
-from ggl.pipeline.registry import all_stages, check_dvc_yaml
+from ggl.pipeline.registry import all_stages, check_dvc_yaml, kind
 
 DP = {"kind": "dp-sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 0.05}
 
@@ -73,6 +75,7 @@ def project(tmp_path_factory) -> Path:
     shutil.copytree(REPO / ".dvc", root / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
     shutil.copy(REPO / ".gitignore", root)
     raw = tiny_params()
+    raw["threads"] = 1  # every job single-threaded, whatever --cores says (the default's)
     # a GGL attack under a name of the user's: tables and figures go by its method
     raw["attacks"] = {"ggl-adam": raw["attacks"]["ggl-adam"],
                       "my-cmaes": raw["attacks"]["ggl-cmaes"], "idlg": raw["attacks"]["idlg"],
@@ -148,6 +151,28 @@ def test_the_tables_are_readable_html_with_every_row(project):
     quality = yaml.safe_load((project / "results/tiny/generator/quality.json").read_text())
     assert f"{quality['confidence_ratio']:.4g}" in overview
     assert "over 2 private images" in overview and "http" not in overview
+
+
+def test_every_job_runs_on_its_stage_threads_whatever_the_cores(project):
+    """A job's torch threads come from params and the registry, never from --cores: the GAN
+    job of a threads-1 project runs on 1 thread under `--cores 2`, as DVC would run it."""
+    params = load_params(project / "params.yaml")
+    plan = run(["snakemake", "-n", "-p", "--forceall", "--cores", "8"], project).stdout
+    planned = {name: int(n) for n, name in re.findall(r"GGL_THREADS=(\d+) ggl (\S+)", plan)}
+    assert planned and all(kind(name).job_threads(params) == n for name, n in planned.items())
+    assert planned["train-gan"] == 1 and kind("train-gan").threads > 1
+    log = (project / "logs/tiny/train-gan.log").read_text()
+    assert "torch CPU threads: 1" in log
+
+
+def test_every_job_leaves_a_benchmark_file_that_stage_seconds_sums(project):
+    params = load_params(project / "params.yaml")
+    stages = all_stages(params)
+    assert all((project / s.benchmark()).is_file() for s in stages)
+    out = run([sys.executable, str(REPO / "benchmarks/stage_seconds.py")], project).stdout
+    total = next(line for line in out.splitlines() if line.startswith("all jobs"))
+    assert int(total.split()[2]) == len(stages)
+    assert any(line.startswith("attack my-cmaes ") for line in out.splitlines())
 
 
 def test_after_snakemake_both_runners_have_nothing_to_do(project):

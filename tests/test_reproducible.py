@@ -1,4 +1,4 @@
-"""Same params, same machine, same threads: the same bytes wherever the project lies; a
+"""Same params, same machine: the same bytes wherever the project lies and whatever --cores; a
 finished project copied to a fresh clone replans nothing; a params path is data, never shell."""
 
 from __future__ import annotations
@@ -34,14 +34,17 @@ def small_params() -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same params run in two copies at different paths, the second through a params file
-    whose name holds a space and a command substitution."""
+    whose name holds a space and a command substitution, and on --cores 1 (every job's threads
+    come from params: 1 here, as in the default)."""
     base = tmp_path_factory.mktemp("reproducible")
     first, second = copy_workflow(base / "first"), copy_workflow(base / "elsewhere" / "second")
-    text = yaml.safe_dump(small_params(), sort_keys=False)
+    raw = small_params()
+    assert raw["threads"] == 1
+    text = yaml.safe_dump(raw, sort_keys=False)
     (first / "params.yaml").write_text(text)
     (second / HOSTILE_NAME).write_text(text)
     snakemake(first, "--cores", "2")
-    snakemake(second, "--cores", "2", "--configfile", HOSTILE_NAME)
+    snakemake(second, "--cores", "1", "--configfile", HOSTILE_NAME)
     return base, first, second
 
 

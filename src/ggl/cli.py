@@ -53,7 +53,7 @@ def cmd_stage(args: argparse.Namespace, params: Params) -> None:
                               f"{', '.join(VALUES[w](params))}")
     stage = Stage(k, params, keys)
     log_path = Path(stage.log())
-    log = _logger(stage.name, log_path, params)
+    log = _logger(stage.name, log_path, stage.kind.job_threads(params))
     try:
         run_stage(stage, log)
     except GglError as exc:
@@ -64,18 +64,18 @@ def cmd_stage(args: argparse.Namespace, params: Params) -> None:
         raise
 
 
-def _logger(name: str, path: Path, params: Params) -> logging.Logger:
+def _logger(name: str, path: Path, threads: int) -> logging.Logger:
     """The stage's logger (stderr and its log file). Also sets torch's CPU threads: GGL_THREADS
-    (the Snakemake rules set it to the job's threads, so parallel jobs do not oversubscribe
-    the cores) or params' threads."""
+    (the Snakemake rules set it to the job's threads, which Snakemake may lower to --cores) or
+    the stage's job threads."""
+    import torch
+
     from ggl.runtime import get_logger
 
-    threads = int(os.environ.get("GGL_THREADS") or params.threads)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    return get_logger(name, path)
+    torch.set_num_threads(int(os.environ.get("GGL_THREADS") or threads))
+    log = get_logger(name, path)
+    log.info("torch CPU threads: %d", torch.get_num_threads())  # the numbers depend on them
+    return log
 
 
 def _append(path: Path, text: str) -> None:

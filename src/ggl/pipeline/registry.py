@@ -137,13 +137,19 @@ class StageKind:
     wildcards: tuple[str, ...] = ()
     when: Callable[[Params], bool] = _always
     scratch: dict[str, File] = field(default_factory=dict)  # kept between attempts (resume)
-    threads: int = 1  # a local run's; the SLURM profile sets a cluster's
+    threads: int = 1  # the most torch threads its jobs use locally (job_threads); SLURM: profile
     priority: int = 0  # Snakemake runs higher first among ready jobs
     resources: dict[str, int] = field(default_factory=dict)  # sized for the paper experiments
     persist: bool = False  # DVC does not delete its outputs before rerunning it
     # the inputs and params keys an instance does not use (Snakemake then neither waits for
     # nor reruns on them; DVC's matrix shares one list per kind)
     unused: Callable[[Params, Keys], frozenset[str]] = lambda params, keys: frozenset()
+
+    def job_threads(self, params: Params) -> int:
+        """Torch CPU threads of this kind's jobs: its own limit, capped by params' ``threads``
+        (0: no cap). Snakemake, DVC and ``ggl`` by hand all use it, so a stage's numbers do not
+        depend on the runner (Snakemake lowers it further when ``--cores`` is smaller)."""
+        return self.threads if params.threads == 0 else min(self.threads, params.threads)
 
     @property
     def rule(self) -> str:
@@ -167,6 +173,12 @@ class StageKind:
     def log(self, experiment: str) -> str:
         placeholders = {w: f"{{{w}}}" for w in self.wildcards}
         return f"logs/{experiment}/{self.stage_name(placeholders)}.log"
+
+    def benchmark(self, experiment: str) -> str:
+        """Snakemake's record of each job's seconds, memory and CPU time (``benchmark:``);
+        ``benchmarks/stage_seconds.py`` sums them. The stage's code never writes it."""
+        placeholders = {w: f"{{{w}}}" for w in self.wildcards}
+        return f"logs/{experiment}/benchmarks/{self.stage_name(placeholders)}.tsv"
 
 
 class UndeclaredFile(KeyError):
@@ -214,6 +226,9 @@ class Stage:
 
     def log(self) -> str:
         return self.kind.log(self.params.experiment).format(**self.keys)
+
+    def benchmark(self) -> str:
+        return self.kind.benchmark(self.params.experiment).format(**self.keys)
 
     def param_keys(self) -> list[str]:
         unused = self.kind.unused(self.params, self.keys)
