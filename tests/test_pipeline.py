@@ -238,3 +238,14 @@ def test_the_report_builds(project):
     assert "reconstructions_img0" in html and "stand" in html.lower()
     assert all(f"{name}.html" in html for name in ("overview", "table2", "table3", "summary"))
     assert "privacy_utility.png" in html and "privacy_utility.html" in html
+
+
+def test_changing_threads_reruns_the_stages_whose_numbers_depend_on_them(project):
+    """The GAN's weights (and so every generator attack) and the metrics depend on their
+    thread count; the one-thread stages before them do not rerun."""
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["threads"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    plan = run(["snakemake", "-n", "--quiet", "rules"], project).stdout
+    assert "train_gan" in plan and "metrics" in plan
+    assert "gradients" not in plan and "split" not in plan

@@ -336,8 +336,9 @@ STAGE_KINDS: list[StageKind] = [
                  "gan_samples": File(f"{GAN}/samples.png", report=SAMPLES),
                  "gan_losses_plot": File(f"{GAN}/losses.png", report=SAMPLES)},
         scratch={"gan_resume": File(f"{GAN}/resume.pt")},
-        params=("experiment", "generator", "data.num_classes"),
-        threads=8,  # Snakemake lowers this to --cores when fewer are given
+        # threads: the weights depend on the thread count (float sums split across threads)
+        params=("experiment", "generator", "data.num_classes", "threads"),
+        threads=8,  # at most; params' threads caps it (job_threads)
         # First: every attack waits for it, and on few cores a job that needs them all would
         # otherwise start only once no 1-thread job is left (measured: 15 minutes late).
         # Snakemake weighs the summed priority of the jobs it starts: 10 outweighs the <= 8
@@ -406,7 +407,7 @@ STAGE_KINDS: list[StageKind] = [
                  # each run's best-so-far image at its checkpoints against the truth
                  "quality_curves": File(f"{OUT}/quality_vs_compute.csv")},
         params=("experiment", "model", "data.num_classes", "metrics", "private_images",
-                "clients"),
+                "clients", "threads"),  # LPIPS: conv floats may round per thread count
         threads=2,  # LPIPS' convolutions; the last job of the run, nothing else is left
         # LPIPS (VGG16) of every reconstruction, on the CPU
         resources={"runtime": 120, "mem_mb": 16000},
