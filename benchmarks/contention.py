@@ -150,9 +150,8 @@ def main() -> None:
                         help="torch threads per workload, e.g. gan=2 (default: the job's)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    THREADS.update(job_threads())
-    THREADS.update({k: int(v) for k, v in (item.split("=") for item in args.threads.split(",")
-                                            if item)})
+    chosen = {k: int(v) for k, v in (item.split("=") for item in args.threads.split(",") if item)}
+    THREADS.update(chosen if args.worker else {**job_threads(), **chosen})  # a worker is told
     if args.worker:
         worker(args.worker, args.seconds)
         return

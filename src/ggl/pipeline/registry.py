@@ -170,15 +170,17 @@ class StageKind:
         """DVC's name for one instance: ``attack@none-ggl-adam``; logs and messages use it too."""
         return self.name + ("@" + "-".join(keys.values()) if keys else "")
 
-    def log(self, experiment: str) -> str:
+    def _job_file(self, folder: str, suffix: str) -> str:
         placeholders = {w: f"{{{w}}}" for w in self.wildcards}
-        return f"logs/{experiment}/{self.stage_name(placeholders)}.log"
+        return f"{folder}/{self.stage_name(placeholders)}{suffix}"
+
+    def log(self, experiment: str) -> str:
+        return self._job_file(f"logs/{experiment}", ".log")
 
     def benchmark(self, experiment: str) -> str:
-        """Snakemake's record of each job's seconds, memory and CPU time (``benchmark:``);
+        """Snakemake's record of each job's wall seconds and memory (``benchmark:``);
         ``benchmarks/stage_seconds.py`` sums them. The stage's code never writes it."""
-        placeholders = {w: f"{{{w}}}" for w in self.wildcards}
-        return f"logs/{experiment}/benchmarks/{self.stage_name(placeholders)}.tsv"
+        return self._job_file(f"logs/{experiment}/benchmarks", ".tsv")
 
 
 class UndeclaredFile(KeyError):
