@@ -1,5 +1,6 @@
-"""Same params, same machine: the same bytes wherever the project lies and whatever --cores; a
-finished project copied to a fresh clone replans nothing; a params path is data, never shell."""
+"""Same params, same machine: the same bytes wherever the project lies, whatever --cores and
+whether the jobs fork from the warm worker or start their own process; a finished project
+copied to a fresh clone replans nothing; a params path is data, never shell."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import pytest
 import yaml
 from conftest import tiny_params
 from test_experiments import copy_workflow
+from test_worker import stop_workers, worker_env
 
 HOSTILE_NAME = "my params $(touch PWNED).yaml"
 
 
-def snakemake(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run(["snakemake", *args], cwd=cwd, capture_output=True, text=True)
+def snakemake(cwd: Path, *args: str, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess:
+    out = subprocess.run(["snakemake", *args], cwd=cwd, capture_output=True, text=True, env=env)
     assert out.returncode == 0, f"snakemake {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
     return out
 
@@ -35,7 +38,8 @@ def small_params() -> dict:
 def runs(tmp_path_factory):
     """The same params run in two copies at different paths, the second through a params file
     whose name holds a space and a command substitution, and on --cores 1 (every job's threads
-    come from params: 1 here, as in the default)."""
+    come from params: 1 here, as in the default); the first forks its jobs from a worker (its
+    own), the second starts a process per job."""
     base = tmp_path_factory.mktemp("reproducible")
     first, second = copy_workflow(base / "first"), copy_workflow(base / "elsewhere" / "second")
     raw = small_params()
@@ -43,8 +47,13 @@ def runs(tmp_path_factory):
     text = yaml.safe_dump(raw, sort_keys=False)
     (first / "params.yaml").write_text(text)
     (second / HOSTILE_NAME).write_text(text)
-    snakemake(first, "--cores", "2")
-    snakemake(second, "--cores", "1", "--configfile", HOSTILE_NAME)
+    tmp = base / "tmp"
+    try:
+        snakemake(first, "--cores", "2", env=worker_env(tmp))
+    finally:
+        stop_workers(tmp)
+    snakemake(second, "--cores", "1", "--configfile", HOSTILE_NAME,
+              env=worker_env(tmp, GGL_WORKER="0"))
     return base, first, second
 
 
@@ -61,8 +70,15 @@ def outputs(root: Path) -> dict[str, bytes]:
             if p.suffix in (".pt", ".png", ".csv", ".md") and p.is_file()}
 
 
+def forked(root: Path) -> int:
+    """How many of a run's jobs forked from the worker, by their logs."""
+    return sum("forked from the ggl worker" in log.read_text()
+               for log in (root / "logs").rglob("*.log"))
+
+
 def test_two_runs_at_different_paths_write_the_same_bytes(runs):
     _, first, second = runs
+    assert forked(first) > 10 and forked(second) == 0
     a, b = outputs(first), outputs(second)
     assert sorted(a) == sorted(b) and len(a) > 20
     measured = "results/tiny/timings.csv"  # wall-clock seconds, kept out of every other table

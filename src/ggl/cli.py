@@ -75,6 +75,8 @@ def _logger(name: str, path: Path, threads: int) -> logging.Logger:
     torch.set_num_threads(int(os.environ.get("GGL_THREADS") or threads))
     log = get_logger(name, path)
     log.info("torch CPU threads: %d", torch.get_num_threads())  # the numbers depend on them
+    if os.environ.get("GGL_WORKER_PID"):
+        log.info("forked from the ggl worker, process %s", os.environ["GGL_WORKER_PID"])
     return log
 
 
@@ -82,6 +84,23 @@ def _append(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         handle.write(text)
+
+
+def _in_worker(argv: list[str]) -> int | None:
+    """The command's exit code from a worker's child; None: run it here (a worker is started
+    for the commands after this one)."""
+    from ggl import worker
+
+    if not worker.enabled():
+        return None
+    try:
+        path = worker.socket_path()
+    except OSError:
+        return None
+    code = worker.run(argv, path)
+    if code is None:
+        worker.start(path)
+    return code
 
 
 def cmd_validate(args: argparse.Namespace, params: Params) -> None:
@@ -171,11 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, worker: bool | None = None) -> int:
     """Expected problems (``GglError``) print one line and exit 2; anything else keeps its
-    traceback (and exits 1)."""
+    traceback (and exits 1). A stage command runs in a child of the warm worker
+    (``ggl.worker``) where one is enabled: by default from the command line (``argv`` None)."""
     args = build_parser().parse_args(argv)
     set_thread_env()  # before any stage imports torch: OpenMP reads it once
+    if args.handler is cmd_stage and (argv is None if worker is None else worker):
+        code = _in_worker(sys.argv[1:] if argv is None else argv)
+        if code is not None:
+            return code
     try:
         args.handler(args, load_params(args.params))
     except GglError as exc:
