@@ -8,7 +8,10 @@ summed per stage kind, and per attack for the attack stage.
 
 ``--startup N`` also measures each kind's start-up (a fresh ``python`` importing the ``ggl``
 command and the stage's module, median of N) and multiplies it by the kind's jobs: the seconds
-the run spent importing before any stage computed.
+the run spent importing before any stage computed, had no job forked from the warm worker
+(``ggl.worker``). The ``forked`` column counts the jobs that did (their log says so); for those,
+Snakemake's peak memory is that of the ``ggl`` process it started, not of the forked child, so
+``max MiB`` is over the other jobs only (``-``: none; run with ``GGL_WORKER=0`` to measure it).
 """
 
 from __future__ import annotations
@@ -67,7 +70,10 @@ def main() -> None:
             missing.append(str(path))
             continue
         group = stage.kind.name + (f" {stage.keys['attack']}" if "attack" in stage.keys else "")
-        groups[group].append(read_benchmark(path))
+        row = read_benchmark(path)
+        log = Path(stage.log())
+        row["forked"] = log.is_file() and "forked from the ggl worker" in log.read_text()
+        groups[group].append(row)
         modules[group] = stage.kind.module
     if not groups:
         sys.exit(f"no benchmark files under logs/{params.experiment}/benchmarks/: run "
@@ -77,14 +83,16 @@ def main() -> None:
           f"(wall seconds and peak resident MiB from Snakemake's benchmark: directive)")
     if missing:
         print(f"# {len(missing)} jobs have none (not run by Snakemake yet), e.g. {missing[0]}")
-    header = f"{'stage':<28} {'jobs':>5} {'sum s':>8} {'mean s':>7} {'max s':>7}"
+    header = f"{'stage':<28} {'jobs':>5} {'sum s':>8} {'mean s':>7} {'max s':>7} {'forked':>6}"
     header += f" {'max MiB':>8}" + (f" {'start-up s':>10} {'x jobs':>7}" if args.startup else "")
     print(header)
     total = startup_total = 0.0
     for group, rows in sorted(groups.items(), key=lambda kv: -sum(r["s"] for r in kv[1])):
         seconds = [r["s"] for r in rows]
+        memory = [r["max_rss"] for r in rows if not r["forked"]]
         line = (f"{group:<28} {len(rows):>5} {sum(seconds):8.1f} {statistics.mean(seconds):7.2f} "
-                f"{max(seconds):7.2f} {max(r['max_rss'] for r in rows):8.0f}")
+                f"{max(seconds):7.2f} {sum(bool(r['forked']) for r in rows):>6} "
+                + (f"{max(memory):8.0f}" if memory else f"{'-':>8}"))
         if args.startup:
             each = startup_seconds(modules[group], args.startup)
             startup_total += each * len(rows)
@@ -92,7 +100,8 @@ def main() -> None:
         print(line, flush=True)
         total += sum(seconds)
     print(f"{'all jobs':<28} {sum(map(len, groups.values())):>5} {total:8.1f}"
-          + (f" {'':>7} {'':>7} {'':>8} {'':>10} {startup_total:7.1f}" if args.startup else ""))
+          + (f" {'':>7} {'':>7} {'':>6} {'':>8} {'':>10} {startup_total:7.1f}"
+             if args.startup else ""))
 
 
 if __name__ == "__main__":

@@ -173,6 +173,10 @@ def test_every_job_leaves_a_benchmark_file_that_stage_seconds_sums(project):
     total = next(line for line in out.splitlines() if line.startswith("all jobs"))
     assert int(total.split()[2]) == len(stages)
     assert any(line.startswith("attack my-cmaes ") for line in out.splitlines())
+    rows = [line.split() for line in out.splitlines()
+            if line.split() and any(line.startswith(s.kind.name) for s in stages)]
+    forked = sum("forked from the ggl worker" in (project / s.log()).read_text() for s in stages)
+    assert sum(int(row[-2]) for row in rows) == forked  # the forked column, by the jobs' logs
 
 
 def test_after_snakemake_both_runners_have_nothing_to_do(project):

@@ -5,8 +5,10 @@ runs yet, the command runs itself."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,9 +53,10 @@ def project(tmp_path):
     root = tmp_path / "project"
     root.mkdir()
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    tmp = tmp_path / "tmp"
+    tmp = Path(tempfile.mkdtemp(prefix="ggl-test-"))  # short: a socket's path has 107 bytes
     yield root, tmp
     stop_workers(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def files(root: Path) -> dict[str, bytes]:
@@ -109,6 +112,14 @@ def test_a_worker_serves_one_environment_and_none_where_it_is_off(tmp_path):
         else:
             os.environ["OMP_WAIT_POLICY"] = before
     assert worker.run(["split"], tmp_path / "none.sock") is None  # nobody listens: run here
+    deep = tmp_path / ("x" * 100)
+    deep.mkdir()
+    try:
+        tempfile.tempdir = str(deep)
+        with pytest.raises(OSError, match="TMPDIR"):  # the command then runs itself
+            worker.socket_path()
+    finally:
+        tempfile.tempdir = None
 
 
 def test_without_the_worker_the_command_runs_in_its_own_process(project):

@@ -59,11 +59,14 @@ def socket_path() -> Path:
            "libraries": [_library_stamp(name.split(".")[0]) for name in PRELOAD]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / f"ggl-worker-{os.getuid()}"
+    path = folder / f"{digest}.sock"
+    if len(os.fsencode(path)) + 8 > 107:  # a socket's path (and the worker's staging name)
+        raise OSError(f"{path}: too long for a Unix socket; set TMPDIR to a shorter folder")
     folder.mkdir(mode=0o700, exist_ok=True)
     info = folder.stat()
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise PermissionError(f"{folder} must belong to this user alone (mode 700)")
-    return folder / f"{digest}.sock"
+    return path
 
 
 def _library_stamp(name: str) -> str:
