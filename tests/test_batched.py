@@ -88,7 +88,9 @@ def _eval_model(net: nn.Module) -> nn.Module:
 
 
 def _setting(model: nn.Module, image_size: int = 32) -> tuple:
-    generator = Generator(DCGANGenerator(16, 4), 16, 32)
+    with torch.random.fork_rng():
+        torch.manual_seed(4)  # not whatever the tests before left in the RNG: a fixed case
+        generator = Generator(DCGANGenerator(16, 4), 16, 32)
     if image_size != 32:
         base = generator
 

@@ -97,7 +97,7 @@ def _in_worker(argv: list[str]) -> int | None:
         path = worker.socket_path()
     except OSError:
         return None
-    code = worker.run(argv, path)
+    code = worker.run("ggl.cli:main", argv, path)  # a list argv: the child runs it itself
     if code is None:
         worker.start(path)
     return code
@@ -190,13 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, worker: bool | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Expected problems (``GglError``) print one line and exit 2; anything else keeps its
-    traceback (and exits 1). A stage command runs in a child of the warm worker
-    (``ggl.worker``) where one is enabled: by default from the command line (``argv`` None)."""
+    traceback (and exits 1). A stage command from the command line (``argv`` None) runs in a
+    child of the warm worker (``ggl.worker``) where one is enabled; from Python, in-process."""
     args = build_parser().parse_args(argv)
     set_thread_env()  # before any stage imports torch: OpenMP reads it once
-    if args.handler is cmd_stage and (argv is None if worker is None else worker):
+    if args.handler is cmd_stage and argv is None:
         code = _in_worker(sys.argv[1:] if argv is None else argv)
         if code is not None:
             return code

@@ -79,12 +79,13 @@ def _library_stamp(name: str) -> str:
 
 # --- the command's side ---------------------------------------------------------------------
 
-def run(argv: Sequence[str], path: Path | None = None) -> int | None:
-    """Run ``ggl argv`` in a child of the worker and return its exit code; None when no worker
-    took it (none running, or it was exiting): the caller runs the command itself."""
+def run(entry: str, argv: Sequence[str], path: Path | None = None) -> int | None:
+    """Run ``entry`` ("module:function", called with ``argv``, returning an exit code) in a
+    child of the worker and return its exit code; None when no worker took it (none running,
+    or it was exiting): the caller runs the command itself."""
     path = path or socket_path()
-    request = json.dumps({"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ),
-                          "path": sys.path}).encode()
+    request = json.dumps({"entry": entry, "argv": list(argv), "cwd": os.getcwd(),
+                          "env": dict(os.environ), "path": sys.path}).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         try:
             conn.connect(str(path))
@@ -217,9 +218,8 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> int:
     done = threading.Event()
     threading.Thread(target=_exit_with_caller, args=(conn, done), daemon=True).start()
     try:
-        from ggl.cli import main
-
-        code = main(request["argv"], worker=False)
+        module, function = request["entry"].split(":")
+        code = getattr(importlib.import_module(module), function)(request["argv"])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
