@@ -84,17 +84,22 @@ def run(entry: str, argv: Sequence[str], path: Path | None = None) -> int | None
     child of the worker and return its exit code; None when no worker took it (none running,
     or it was exiting): the caller runs the command itself."""
     path = path or socket_path()
-    request = json.dumps({"entry": entry, "argv": list(argv), "cwd": os.getcwd(),
-                          "env": dict(os.environ), "path": sys.path}).encode()
+    request = json.dumps({"entry": entry, "argv": list(argv), "argv0": sys.argv[0],
+                          "cwd": os.getcwd(), "env": dict(os.environ),
+                          "path": sys.path}).encode()
+    message = _INT.pack(len(request)) + request
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         try:
             conn.connect(str(path))
-            socket.send_fds(conn, [_INT.pack(len(request)) + request], [0, 1, 2])
+            conn.settimeout(30)  # a stopped worker: run here (a late child finds us gone)
+            sent = socket.send_fds(conn, [message], [0, 1, 2])
+            conn.sendall(message[sent:])
             pid = _receive_int(conn)
         except OSError:
             return None
         if pid is None:
             return None
+        conn.settimeout(None)  # the command takes as long as it takes
         forward = {sig: signal.signal(sig, lambda signum, _frame: _kill(pid, signum))
                    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
@@ -210,11 +215,14 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> int:
     os.environ.update(request["env"])
     os.environ["GGL_WORKER_PID"] = str(os.getppid())  # the stage's log says where it ran
     sys.path[:] = request["path"]
-    sys.argv = ["ggl", *request["argv"]]
+    sys.argv = [request["argv0"], *request["argv"]]
     tempfile.tempdir = None  # chosen again from this environment
     for name in [m for m in sys.modules if m == "ggl" or m.startswith("ggl.")]:
         del sys.modules[name]  # the worker's copy may be older than the code on disk
-    conn.sendall(_INT.pack(os.getpid()))
+    try:
+        conn.sendall(_INT.pack(os.getpid()))
+    except OSError:
+        return 1  # the caller gave up waiting and runs the command itself
     done = threading.Event()
     threading.Thread(target=_exit_with_caller, args=(conn, done), daemon=True).start()
     try:
