@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ggl.config import load_params
 from ggl.pipeline.registry import all_stages
+from ggl.worker import LOG_MARK
 
 
 def read_benchmark(path: Path) -> dict[str, float]:
@@ -72,7 +73,7 @@ def main() -> None:
         group = stage.kind.name + (f" {stage.keys['attack']}" if "attack" in stage.keys else "")
         row = read_benchmark(path)
         log = Path(stage.log())
-        row["forked"] = log.is_file() and "forked from the ggl worker" in log.read_text()
+        row["forked"] = log.is_file() and LOG_MARK in log.read_text()
         groups[group].append(row)
         modules[group] = stage.kind.module
     if not groups:

@@ -18,6 +18,7 @@ from test_report import grid, leading_number, tables_of
 
 from ggl.config import load_params
 from ggl.pipeline.registry import all_stages, check_dvc_yaml, kind
+from ggl.worker import LOG_MARK
 
 DP = {"kind": "dp-sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 0.05}
 
@@ -175,7 +176,7 @@ def test_every_job_leaves_a_benchmark_file_that_stage_seconds_sums(project):
     assert any(line.startswith("attack my-cmaes ") for line in out.splitlines())
     rows = [line.split() for line in out.splitlines()
             if line.split() and any(line.startswith(s.kind.name) for s in stages)]
-    forked = sum("forked from the ggl worker" in (project / s.log()).read_text() for s in stages)
+    forked = sum(LOG_MARK in (project / s.log()).read_text() for s in stages)
     assert sum(int(row[-2]) for row in rows) == forked  # the forked column, by the jobs' logs
 
 

@@ -16,6 +16,8 @@ from conftest import tiny_params
 from test_experiments import copy_workflow
 from test_worker import stop_workers, worker_env
 
+from ggl.worker import LOG_MARK
+
 HOSTILE_NAME = "my params $(touch PWNED).yaml"
 
 
@@ -72,7 +74,7 @@ def outputs(root: Path) -> dict[str, bytes]:
 
 def forked(root: Path) -> int:
     """How many of a run's jobs forked from the worker, by their logs."""
-    return sum("forked from the ggl worker" in log.read_text()
+    return sum(LOG_MARK in log.read_text()
                for log in (root / "logs").rglob("*.log"))
 
 

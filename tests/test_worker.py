@@ -4,6 +4,7 @@ runs yet, the command runs itself."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -38,10 +39,8 @@ def stop_workers(tmp: Path) -> None:
     for lock in tmp.glob("ggl-worker-*/*.lock"):
         text = lock.read_text().strip()
         if text:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(text), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
 
 
 def ggl(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -69,15 +68,15 @@ def test_a_stage_forked_from_the_worker_writes_what_its_own_process_writes(proje
     env = worker_env(tmp)
     first = ggl(root, env, "split")  # no worker yet: runs itself and starts one
     assert first.returncode == 0, first.stderr
-    assert "forked from the ggl worker" not in first.stderr
+    assert worker.LOG_MARK not in first.stderr
     alone = files(root)
     wait_for_worker(tmp)
     for path in (root / "data").rglob("*.pt"):
         path.unlink()
     forked = ggl(root, env, "split")
     assert forked.returncode == 0, forked.stderr
-    assert "forked from the ggl worker" in forked.stderr  # the child's stderr is the caller's
-    assert "forked from the ggl worker" in (root / "logs/tiny/split.log").read_text()
+    assert worker.LOG_MARK in forked.stderr  # the child's stderr is the caller's
+    assert worker.LOG_MARK in (root / "logs/tiny/split.log").read_text()
     assert files(root) == alone and len(alone) >= 3
 
 
@@ -97,30 +96,21 @@ def test_the_workers_child_keeps_the_commands_exit_codes_and_messages(project):
     assert not (elsewhere / "results").exists()
 
 
-def test_a_worker_serves_one_environment_and_none_where_it_is_off(tmp_path):
+def test_a_worker_serves_one_environment_and_none_where_it_is_off(tmp_path, monkeypatch):
     assert not worker.enabled({"GGL_WORKER": "0"})
     assert not worker.enabled({"SLURM_JOB_ID": "42"})  # each SLURM job is its own allocation
     assert worker.enabled({}) == (os.uname().sysname == "Linux")
     path = worker.socket_path()
     assert path.parent.stat().st_mode & 0o777 == 0o700
-    try:
-        os.environ["OMP_WAIT_POLICY"], before = "ACTIVE", os.environ.get("OMP_WAIT_POLICY")
-        assert worker.socket_path() != path  # read when torch loads: another worker
-    finally:
-        if before is None:
-            del os.environ["OMP_WAIT_POLICY"]
-        else:
-            os.environ["OMP_WAIT_POLICY"] = before
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert worker.socket_path() != path  # read when torch loads: another worker
     # nobody listens: the command runs itself
     assert worker.run("ggl.cli:main", ["split"], tmp_path / "none.sock") is None
     deep = tmp_path / ("x" * 100)
     deep.mkdir()
-    try:
-        tempfile.tempdir = str(deep)
-        with pytest.raises(OSError, match="TMPDIR"):  # the command then runs itself
-            worker.socket_path()
-    finally:
-        tempfile.tempdir = None
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    with pytest.raises(OSError, match="TMPDIR"):  # the command then runs itself
+        worker.socket_path()
 
 
 def test_without_the_worker_the_command_runs_in_its_own_process(project):

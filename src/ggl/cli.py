@@ -70,13 +70,14 @@ def _logger(name: str, path: Path, threads: int) -> logging.Logger:
     the stage's job threads."""
     import torch
 
+    from ggl import worker
     from ggl.runtime import get_logger
 
     torch.set_num_threads(int(os.environ.get("GGL_THREADS") or threads))
     log = get_logger(name, path)
     log.info("torch CPU threads: %d", torch.get_num_threads())  # the numbers depend on them
-    if os.environ.get("GGL_WORKER_PID"):
-        log.info("forked from the ggl worker, process %s", os.environ["GGL_WORKER_PID"])
+    if parent := os.environ.get(worker.PID_VARIABLE):
+        log.info("%s, process %s", worker.LOG_MARK, parent)
     return log
 
 
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_thread_env()  # before any stage imports torch: OpenMP reads it once
     if args.handler is cmd_stage and argv is None:
-        code = _in_worker(sys.argv[1:] if argv is None else argv)
+        code = _in_worker(sys.argv[1:])
         if code is not None:
             return code
     try:

@@ -42,6 +42,8 @@ PRELOAD = ("torch", "torch._dynamo", "torch.utils.flop_counter", "torchvision", 
 IMPORT_ENV_PREFIXES = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "LD_", "PYTHON", "MPL",
                        "TORCH", "PYTORCH", "CUDA_", "LANG", "LC_")
 IDLE_SECONDS = 120.0
+PID_VARIABLE = "GGL_WORKER_PID"  # set in a child: the worker it was forked from
+LOG_MARK = "forked from the ggl worker"  # what a forked stage's log says (stage_seconds counts it)
 _INT = struct.Struct("!i")
 
 
@@ -56,7 +58,8 @@ def socket_path() -> Path:
     key = {"executable": sys.executable, "path": sys.path,
            "env": {k: v for k, v in sorted(os.environ.items())
                    if k.startswith(IMPORT_ENV_PREFIXES)},
-           "libraries": [_library_stamp(name.split(".")[0]) for name in PRELOAD]}
+           "libraries": [_library_stamp(name) for name in sorted({n.split(".")[0]
+                                                                   for n in PRELOAD})]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / f"ggl-worker-{os.getuid()}"
     path = folder / f"{digest}.sock"
@@ -213,7 +216,7 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> int:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    os.environ["GGL_WORKER_PID"] = str(os.getppid())  # the stage's log says where it ran
+    os.environ[PID_VARIABLE] = str(os.getppid())  # the stage's log says where it ran
     sys.path[:] = request["path"]
     sys.argv = [request["argv0"], *request["argv"]]
     tempfile.tempdir = None  # chosen again from this environment
