@@ -106,6 +106,22 @@ def test_params_scorer_reaches_the_attack_and_a_short_run_agrees(received, tmp_p
         torch.testing.assert_close(images[1], images[0], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("attack", ["ggl-adam", "ig"])
+def test_updates_side_by_side_agree_with_one_at_a_time(received, attack, tmp_path):
+    """scorer auto attacks a job's updates side by side (ggl.attack.lockstep), loop one at a
+    time: the same steps, to float rounding over a short run."""
+    params, root = received
+    runs = {scorer: _attack(params, root, "sparsification", attack, tmp_path / scorer, scorer)
+            for scorer in ("loop", "auto")}
+    for loop, auto in zip(runs["loop"], runs["auto"], strict=True):
+        results = [json.loads((f / "result.json").read_text()) for f in (loop, auto)]
+        assert [r["lockstep_updates"] for r in results] == [1, len(params.image_ids())]
+        assert results[1]["evaluations"] == results[0]["evaluations"]
+        assert results[1]["loss"] == pytest.approx(results[0]["loss"], rel=1e-3)
+        images = [torch.load(f / "reconstruction.pt", weights_only=True) for f in (loop, auto)]
+        torch.testing.assert_close(images[1], images[0], atol=1e-3, rtol=0)
+
+
 def test_the_attacker_never_gets_the_private_image(received):
     params, _ = received
     assert not {"image", "images", "private"} & {f.name for f in dataclasses.fields(Attacker)}

@@ -57,11 +57,18 @@ def clip_per_layer(grads: Sequence[torch.Tensor],
             for g, norm, bound in zip(grads, layer_norms(grads), bounds, strict=True)]
 
 
-def prune_smallest(grads: Sequence[torch.Tensor], counts: Sequence[int]) -> Gradient:
+def prune_smallest(grads: Sequence[torch.Tensor], counts: Sequence[int | tuple[int, ...]]
+                   ) -> Gradient:
     """Zero the ``counts[l]`` smallest-magnitude entries of tensor l (ties at the threshold
-    are zeroed too), independently for each candidate."""
+    are zeroed too), independently for each candidate. ``counts[l]`` may also give one count
+    per candidate (a tuple: each candidate an update of its own, ``stack_estimates``)."""
     out = []
     for g, k in zip(grads, counts, strict=True):
+        if isinstance(k, tuple) and len(set(k)) == 1:
+            k = k[0]
+        if isinstance(k, tuple):
+            out.append(_prune_rows(g, k))
+            continue
         if k <= 0:
             out.append(g)
             continue
@@ -69,6 +76,17 @@ def prune_smallest(grads: Sequence[torch.Tensor], counts: Sequence[int]) -> Grad
         threshold = flat.abs().kthvalue(min(k, flat.shape[1]), dim=1, keepdim=True).values
         out.append((flat * (flat.abs() > threshold)).view_as(g))
     return out
+
+
+def _prune_rows(g: torch.Tensor, counts: tuple[int, ...]) -> torch.Tensor:
+    """``prune_smallest`` of one tensor with a count per candidate."""
+    flat = g.flatten(1)
+    with torch.no_grad():  # the threshold only selects: no gradient through it
+        magnitude = flat.abs()
+        threshold = torch.stack([
+            row.kthvalue(min(k, len(row))).values if k > 0 else row.new_tensor(-math.inf)
+            for row, k in zip(magnitude, counts, strict=True)])[:, None]
+    return (flat * (magnitude > threshold)).view_as(g)
 
 
 def fraction_count(rate: float, size: int) -> int:
@@ -79,7 +97,9 @@ def fraction_count(rate: float, size: int) -> int:
 def mask_fc_columns(grads: Sequence[torch.Tensor], mask: torch.Tensor, fc_index: int) -> Gradient:
     """Multiply the fc weight gradient (n, classes, features) column-wise by ``mask``."""
     out = list(grads)
-    out[fc_index] = grads[fc_index] * mask.to(grads[fc_index].dtype).view(1, 1, -1)
+    # (features,), or (n, features): a mask per candidate (``stack_estimates``)
+    out[fc_index] = grads[fc_index] * mask.to(grads[fc_index].dtype).view(
+        -1, 1, mask.shape[-1])
     return out
 
 
@@ -186,7 +206,7 @@ def apply_defence(grads: Gradient, steps: Sequence[DefenceStep], ctx: ClientCont
 
 @dataclass(frozen=True)
 class ClipGlobal:
-    bound: float | torch.Tensor
+    bound: float | torch.Tensor  # stacked: (updates,)
 
     def apply(self, grads: Gradient) -> Gradient:
         return clip_global(grads, self.bound)
@@ -194,7 +214,7 @@ class ClipGlobal:
 
 @dataclass(frozen=True)
 class ClipPerLayer:
-    bounds: tuple[float | torch.Tensor, ...]  # one per parameter tensor
+    bounds: tuple[float | torch.Tensor, ...]  # one per parameter tensor; stacked: (updates,)
 
     def apply(self, grads: Gradient) -> Gradient:
         return clip_per_layer(grads, self.bounds)
@@ -202,7 +222,7 @@ class ClipPerLayer:
 
 @dataclass(frozen=True)
 class Prune:
-    counts: tuple[int, ...]  # one per parameter tensor
+    counts: tuple[int | tuple[int, ...], ...]  # one per parameter tensor (stacked: per update)
 
     def apply(self, grads: Gradient) -> Gradient:
         return prune_smallest(grads, self.counts)
@@ -210,7 +230,7 @@ class Prune:
 
 @dataclass(frozen=True)
 class MaskColumns:
-    mask: torch.Tensor
+    mask: torch.Tensor  # (features,); stacked: (updates, features)
     index: int  # of the fc weight
 
     def apply(self, grads: Gradient) -> Gradient:
@@ -232,6 +252,32 @@ class Estimate:
         for op in self.ops:
             grads = op.apply(grads)
         return grads
+
+
+def stack_estimates(estimates: Sequence[Estimate]) -> Estimate | None:
+    """One estimate for N updates scored side by side, candidate i against update i: each op's
+    settings stacked along a leading update dimension. None where the estimates differ in kind
+    (their ops' types, order or fc index), so they cannot be stacked."""
+    first = estimates[0].ops
+    if any(len(e.ops) != len(first) or any(type(a) is not type(b) for a, b in zip(
+            e.ops, first, strict=True)) for e in estimates):
+        return None
+    ops: list[EstimateOp] = []
+    for k, op in enumerate(first):
+        same = [e.ops[k] for e in estimates]
+        if isinstance(op, ClipGlobal):
+            ops.append(ClipGlobal(torch.stack([torch.as_tensor(o.bound) for o in same])))
+        elif isinstance(op, ClipPerLayer):
+            ops.append(ClipPerLayer(tuple(torch.stack([torch.as_tensor(b) for b in bounds])
+                                          for bounds in zip(*(o.bounds for o in same),
+                                                            strict=True))))
+        elif isinstance(op, Prune):
+            ops.append(Prune(tuple(zip(*(o.counts for o in same), strict=True))))
+        elif isinstance(op, MaskColumns) and all(o.index == op.index for o in same):
+            ops.append(MaskColumns(torch.stack([o.mask for o in same]), op.index))
+        else:
+            return None
+    return Estimate(tuple(ops), {"stacked": len(estimates)})
 
 
 ESTIMATES: Registry[Callable[..., Estimate]] = Registry("defence estimate")

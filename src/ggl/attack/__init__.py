@@ -3,9 +3,10 @@
 here, a ``package.module:callable`` plugs in a user's own.
 """
 
-from ggl.attack.baselines import LEARNS_LABEL, pixel_attack
-from ggl.attack.controls import CONTROL_ATTACKS
-from ggl.attack.run import AttackFn, ggl_attack
+from ggl.attack import lockstep
+from ggl.attack.baselines import LEARNS_LABEL, pixel_attack, pixel_lockstep
+from ggl.attack.controls import CONTROL_ATTACKS, noise_gradient_lockstep
+from ggl.attack.run import AttackFn, LockstepFn, ggl_attack
 from ggl.plugins import Registry
 from ggl.settings import GGL_OPTIMISERS
 
@@ -16,3 +17,8 @@ for _method, _learns in LEARNS_LABEL.items():
     ATTACKS.register(_method)(pixel_attack(_learns))
 for _method, _control in CONTROL_ATTACKS.items():
     ATTACKS.register(_method)(_control)
+
+# The built-in methods that attack a job's updates side by side (ggl.attack.lockstep)
+LOCKSTEP: dict[str, LockstepFn] = {
+    "ggl-adam": lockstep.ggl_adam, "noise-gradient": noise_gradient_lockstep,
+    **{method: pixel_lockstep(learns) for method, learns in LEARNS_LABEL.items()}}

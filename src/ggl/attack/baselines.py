@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import torch
 
+from ggl.attack.lockstep import stack
 from ggl.attack.objective import DISTANCES, simulated_update, trial_gradients
 from ggl.attack.optimisers import Tracker, lr_factor
-from ggl.attack.run import Attacker, Trial
+from ggl.attack.run import Attacker, AttackFn, LockstepFn, Trial
 from ggl.defences import Estimate
 from ggl.settings import AttackConfig
 
@@ -37,64 +38,99 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 LEARNS_LABEL = {"dlg": True, "idlg": False, "ig": False, "gi": False}
 
 
-def pixel_attack(learn_label: bool):
+def pixel_attack(learn_label: bool) -> AttackFn:
+    lockstep = pixel_lockstep(learn_label)
+
     def attack(attacker: Attacker, cfg: AttackConfig, seed: int) -> Trial:
+        return lockstep([attacker], cfg, [seed])[0]
+
+    return attack
+
+
+def pixel_lockstep(learn_label: bool) -> LockstepFn:
+    """The baseline on several updates side by side (``ggl.attack.lockstep``): each its own
+    dummy image (and label), optimiser state and tracker, every step one batched pass."""
+
+    def attack(attackers: list[Attacker], cfg: AttackConfig, seeds: list[int]) -> list[Trial]:
+        stacked = stack(attackers, cfg.objective.adaptive) if len(attackers) > 1 else None
+        if len(attackers) > 1 and stacked is None:
+            return [attack([a], cfg, [seed])[0] for a, seed in zip(attackers, seeds, strict=True)]
         obj, opt_cfg = cfg.objective, cfg.optimiser
-        gen = torch.Generator().manual_seed(seed)
-        device, (c, h, w) = attacker.device, attacker.image_shape
-        size = attacker.client.batch_size
-        x = torch.randn(size, c, h, w, generator=gen).to(device).requires_grad_(True)
-        classes = attacker.received[attacker.fc_index].shape[0]
-        label_logits = torch.randn(size, classes, generator=gen).to(device).requires_grad_(True)
-        inferred = torch.tensor(attacker.labels, device=device)
+        first = attackers[0]
+        device, (c, h, w) = first.device, first.image_shape
+        size = first.client.batch_size
+        classes = first.received[first.fc_index].shape[0]
+        images, label_logits = [], []
+        for seed in seeds:
+            gen = torch.Generator().manual_seed(seed)
+            images.append(torch.randn(size, c, h, w, generator=gen).to(device)
+                          .requires_grad_(True))
+            label_logits.append(torch.randn(size, classes, generator=gen).to(device)
+                                .requires_grad_(True))
+        variables = [[x, logits] if learn_label else [x]
+                     for x, logits in zip(images, label_logits, strict=True)]
+        if opt_cfg.optimiser == "lbfgs":
+            # One closure call per step, no line search (as DLG): iterations = evaluations.
+            optimisers = [torch.optim.LBFGS(v, lr=opt_cfg.lr, max_iter=1,
+                                            history_size=opt_cfg.history_size)
+                          for v in variables]
+        else:
+            optimisers = [torch.optim.Adam(v, lr=opt_cfg.lr) for v in variables]
+        distance = DISTANCES[obj.distance]
+
+        def matching() -> torch.Tensor:  # (updates,)
+            if stacked is not None:
+                labels = (torch.cat(label_logits).softmax(1) if learn_label
+                          else stacked.labels)
+                return stacked.matching(torch.cat(images), labels, distance)
+            x, logits = images[0], label_logits[0]
+            estimate = first.estimate if obj.adaptive else Estimate()
+            if first.simulates:
+                targets = (logits.softmax(1) if learn_label
+                           else torch.tensor(first.labels, device=device))
+                grads = simulated_update(first.model, x, targets, first.client.local_steps,
+                                         first.client.local_lr, create_graph=True)
+            else:
+                grads = trial_gradients(first.model, x, logits.softmax(1) if learn_label
+                                        else first.label, create_graph=True)
+            return distance(estimate.apply(grads), first.received)
 
         def prior(values: torch.Tensor) -> torch.Tensor:  # (B,) per image -> (1,) per batch
             return values if size == 1 else values.mean(0, keepdim=True)
-        variables = [x, label_logits] if learn_label else [x]
-        estimate = attacker.estimate if obj.adaptive else Estimate()
-        distance = DISTANCES[obj.distance]
-        tracker = Tracker(budget=cfg.budget)
 
-        def closure() -> torch.Tensor:
-            optimiser.zero_grad()
-            if attacker.simulates:
-                targets = label_logits.softmax(1) if learn_label else inferred
-                grads = simulated_update(attacker.model, x, targets, attacker.client.local_steps,
-                                         attacker.client.local_lr, create_graph=True)
-            else:
-                label = label_logits.softmax(1) if learn_label else attacker.label
-                grads = trial_gradients(attacker.model, x, label, create_graph=True)
-            loss = distance(estimate.apply(grads), attacker.received)
-            if obj.tv_weight:
-                loss = loss + obj.tv_weight * prior(total_variation(x))
-            if obj.l2_weight:
-                loss = loss + obj.l2_weight * prior(x.pow(2).flatten(1).mean(1))
-            tracker.record(x.detach() if size == 1 else x.detach()[None], loss.detach())
-            loss.sum().backward()
-            if opt_cfg.signed:
-                for v in variables:
-                    v.grad.sign_()
-            return loss.sum()
-
-        if opt_cfg.optimiser == "lbfgs":
-            # One closure call per step, no line search (as DLG): iterations = evaluations.
-            optimiser = torch.optim.LBFGS(variables, lr=opt_cfg.lr, max_iter=1,
-                                          history_size=opt_cfg.history_size)
-        else:
-            optimiser = torch.optim.Adam(variables, lr=opt_cfg.lr)
+        x_all = (lambda: images[0]) if len(images) == 1 else (lambda: torch.cat(images))
+        trackers = [Tracker(budget=cfg.budget) for _ in attackers]
         iterations = 0
-        while tracker.evaluations < cfg.budget:
-            for group in optimiser.param_groups:
-                group["lr"] = opt_cfg.lr * lr_factor(opt_cfg.schedule, tracker.evaluations,
-                                                     cfg.budget)
-            optimiser.step(closure)
+        while trackers[0].evaluations < cfg.budget:
+            for opt in optimisers:
+                for group in opt.param_groups:
+                    group["lr"] = opt_cfg.lr * lr_factor(opt_cfg.schedule,
+                                                         trackers[0].evaluations, cfg.budget)
+                opt.zero_grad()
+            loss = matching()
+            if obj.tv_weight:
+                loss = loss + obj.tv_weight * prior(total_variation(x_all()))
+            if obj.l2_weight:
+                loss = loss + obj.l2_weight * prior(x_all().pow(2).flatten(1).mean(1))
+            for i, (x, tracker) in enumerate(zip(images, trackers, strict=True)):
+                tracker.record(x.detach() if size == 1 else x.detach()[None],
+                               loss[i:i + 1].detach())
+            loss.sum().backward()
+            for own, opt, total in zip(variables, optimisers, loss.detach(), strict=True):
+                if opt_cfg.signed:
+                    for v in own:
+                        v.grad.sign_()
+                # the loss and gradients are in place: the closure hands over the loss
+                opt.step(lambda total=total: total)
             iterations += 1
             if opt_cfg.clamp:
                 with torch.no_grad():
-                    x.clamp_(-1, 1)
-        return Trial(tracker.best_z.clamp(-1, 1).cpu(), tracker.best_loss, tracker.evaluations,
-                     tracker.curve, info={"iterations": iterations},
-                     checkpoints=[(e, point.clamp(-1, 1).cpu())
-                                  for e, point in tracker.final_checkpoints()])
+                    for x in images:
+                        x.clamp_(-1, 1)
+        return [Trial(tracker.best_z.clamp(-1, 1).cpu(), tracker.best_loss,
+                      tracker.evaluations, tracker.curve, info={"iterations": iterations},
+                      checkpoints=[(e, point.clamp(-1, 1).cpu())
+                                   for e, point in tracker.final_checkpoints()])
+                for tracker in trackers]
 
     return attack

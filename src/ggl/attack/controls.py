@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import torch
 
+from ggl.attack import lockstep
 from ggl.attack.run import Attacker, Trial, ggl_attack
 from ggl.defences import Gradient
 from ggl.runtime import derive_seed
@@ -69,13 +70,25 @@ def noise_like(received: Gradient, gen: torch.Generator) -> Gradient:
 def noise_gradient(attacker: Attacker, cfg: AttackConfig, seed: int) -> Trial:
     """The GGL attack of ``cfg`` (its optimiser given by its settings' type) on a noise gradient;
     the label stays the one inferred from the real gradient."""
+    return noise_gradient_lockstep([attacker], cfg, [seed])[0]
+
+
+def noise_gradient_lockstep(attackers: list[Attacker], cfg: AttackConfig, seeds: list[int]
+                            ) -> list[Trial]:
+    """``noise_gradient`` of several updates, side by side where the attack is GGL with Adam
+    (``ggl.attack.lockstep``), each update's noise drawn from its own seed."""
     optimiser = next(o for o, c in OPTIMISER_CONFIGS.items() if isinstance(cfg.optimiser, c))
     method = next(m for m, o in GGL_OPTIMISERS.items() if o == optimiser)
-    gen = torch.Generator().manual_seed(derive_seed(seed, "noise-gradient"))
-    noisy = replace(attacker, received=noise_like(attacker.received, gen))
-    trial = ggl_attack(optimiser)(noisy, cfg, seed)
-    trial.info = {**trial.info, "repeats": method}
-    return trial
+    noisy = [replace(a, received=noise_like(a.received, torch.Generator().manual_seed(
+        derive_seed(seed, "noise-gradient")))) for a, seed in zip(attackers, seeds, strict=True)]
+    if optimiser == "adam":
+        trials = lockstep.ggl_adam(noisy, cfg, seeds)
+    else:
+        trials = [ggl_attack(optimiser)(a, cfg, seed)
+                  for a, seed in zip(noisy, seeds, strict=True)]
+    for trial in trials:
+        trial.info = {**trial.info, "repeats": method}
+    return trials
 
 
 CONTROL_ATTACKS = {"prior": prior, "label-only": label_only, "noise-gradient": noise_gradient}

@@ -21,13 +21,19 @@ from ggl.defences import Estimate, Gradient
 from ggl.settings import ObjectiveConfig
 
 # --- gradient distances: batched trial gradients (n, ...) against the received (...) -> (n,)
+# (or against n received updates stacked, (n, ...): candidate i against update i)
 
 Distance = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], torch.Tensor]
 
 
+def _rows(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The received tensor with a leading candidate dimension: its own if stacked."""
+    return r if r.dim() == t.dim() else r.unsqueeze(0)
+
+
 def l2_per_tensor(trial: Sequence[torch.Tensor], received: Sequence[torch.Tensor]) -> torch.Tensor:
     """Squared l2 distance of each parameter tensor: (n, tensors)."""
-    return torch.stack([(t - r.unsqueeze(0)).flatten(1).pow(2).sum(1)
+    return torch.stack([(t - _rows(r, t)).flatten(1).pow(2).sum(1)
                         for t, r in zip(trial, received, strict=True)], dim=1)
 
 
@@ -47,7 +53,10 @@ def cosine(trial: Sequence[torch.Tensor], received: Sequence[torch.Tensor]) -> t
     """D2: 1 - <y, g> / (||y|| ||g||) over all parameters."""
     dot = sum((t * r).flatten(1).sum(1) for t, r in zip(trial, received, strict=True))
     trial_norm = torch.sqrt(sum(t.flatten(1).pow(2).sum(1) for t in trial))
-    received_norm = torch.sqrt(sum(r.pow(2).sum() for r in received))
+    if received[0].dim() == trial[0].dim():  # stacked: a norm per update
+        received_norm = torch.sqrt(sum(r.flatten(1).pow(2).sum(1) for r in received))
+    else:
+        received_norm = torch.sqrt(sum(r.pow(2).sum() for r in received))
     return 1 - dot / (trial_norm * received_norm + 1e-12)
 
 
@@ -93,6 +102,26 @@ def trial_gradients(model: nn.Module, images: torch.Tensor, label: int | torch.T
             loss = nn.functional.cross_entropy(model(image[None]), target[None])
             per_candidate.append(torch.autograd.grad(loss, params, create_graph=create_graph))
     return [torch.stack(tensors) for tensors in zip(*per_candidate, strict=True)]
+
+
+def image_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Gradient:
+    """``trial_gradients`` of n images in one batched pass (``torch.func``: each image's
+    parameter gradient under ``vmap``), differentiable with respect to the images and
+    ``labels``: (n,) class indices or (n, classes) soft labels. Equal to the loop's to float
+    rounding (eval-mode BatchNorm keeps the images independent)."""
+    from torch.func import functional_call, grad, vmap
+
+    names = [name for name, _ in model.named_parameters()]
+    weights = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def loss(image: torch.Tensor, label: torch.Tensor, weights: dict) -> torch.Tensor:
+        logits = functional_call(model, (weights, buffers), (image[None],))
+        return nn.functional.cross_entropy(logits, label[None])
+
+    with torch.enable_grad():
+        per_image = vmap(grad(loss, argnums=2), in_dims=(0, 0, None))(images, labels, weights)
+    return [per_image[name] for name in names]
 
 
 def simulated_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,

@@ -134,30 +134,50 @@ def run_adam(objective: Objective, dim: int, budget: int, cfg: AdamConfig, seed:
              device: torch.device, progress: Progress | None = None) -> OptimiseResult:
     """Adam on the objective's gradient at batch 1: one step = one evaluation. The loss is
     that of z before the step, so the point recorded is the point scored."""
-    tracker = Tracker(progress, budget)
-    gen = torch.Generator().manual_seed(derive_seed(seed, "adam-start"))
-    z0 = torch.randn(1, dim, generator=gen, dtype=torch.float32) * cfg.init_std
-    z = z0.to(device).requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=cfg.lr)
+    return adam_lockstep(objective, dim, budget, cfg, [seed], device, progress)[0]
+
+
+def adam_lockstep(objective: Objective, dim: int, budget: int, cfg: AdamConfig,
+                  seeds: list[int], device: torch.device, progress: Progress | None = None
+                  ) -> list[OptimiseResult]:
+    """``run_adam`` for N independent problems at once, problem i seeded by ``seeds[i]``: the
+    objective maps (N, dim) to (N,), row i the loss of problem i's latent alone (each update
+    attacked side by side, ``ggl.attack.lockstep``). Each problem keeps its own Adam state and
+    takes the steps it would take alone; ``progress`` follows the first."""
+    trackers = [Tracker(progress if i == 0 else None, budget) for i in range(len(seeds))]
+    points = []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(derive_seed(seed, "adam-start"))
+        z0 = torch.randn(1, dim, generator=gen, dtype=torch.float32) * cfg.init_std
+        points.append(z0.to(device).requires_grad_(True))
+    optimisers = [torch.optim.Adam([z], lr=cfg.lr) for z in points]
     for step in range(budget):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg.schedule, step, budget)
-        opt.zero_grad(set_to_none=True)
-        loss = objective(z)
-        tracker.record(z, loss)
+        for opt in optimisers:
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(cfg.schedule, step, budget)
+            opt.zero_grad(set_to_none=True)
+        loss = objective(points[0] if len(points) == 1 else torch.cat(points))
+        for i, (z, tracker) in enumerate(zip(points, trackers, strict=True)):
+            tracker.record(z, loss[i:i + 1])
         if step == budget - 1:
             break  # a last step would move z to a point nobody scores
-        if not bool(torch.isfinite(loss).all()):
-            # e.g. a simulated local training that diverged here: no gradient to follow, so go
-            # back to the best point so far (or halfway to the prior's mean) and go on
-            with torch.no_grad():
-                z.copy_(tracker.best_z[None] if tracker.best_z is not None else z / 2)
-            continue
-        loss.sum().backward()
-        if cfg.signed:
-            z.grad.sign_()
-        opt.step()
-    return tracker.result(steps=budget)
+        finite = torch.isfinite(loss.detach())
+        if bool(finite.all()):
+            loss.sum().backward()
+        elif bool(finite.any()):
+            loss[finite].sum().backward()
+        for z, opt, tracker, ok in zip(points, optimisers, trackers, finite.tolist(),
+                                       strict=True):
+            if not ok:
+                # e.g. a simulated local training that diverged here: no gradient to follow,
+                # so go back to the best point so far (or halfway to the prior's mean), go on
+                with torch.no_grad():
+                    z.copy_(tracker.best_z[None] if tracker.best_z is not None else z / 2)
+                continue
+            if cfg.signed:
+                z.grad.sign_()
+            opt.step()
+    return [tracker.result(steps=budget) for tracker in trackers]
 
 
 # --- the ask/tell driver and CMA-ES ---------------------------------------------------------

@@ -24,7 +24,7 @@ from ggl import io
 from ggl.attack.compute import UNIT, budget_for, cost_per_evaluation, is_differentiable
 from ggl.attack.labels import infer_label, label_counts, labels_from_counts, mean_softmax
 from ggl.attack.objective import DISTANCES, Objective
-from ggl.attack.optimisers import minimise
+from ggl.attack.optimisers import OptimiseResult, minimise
 from ggl.client import steps_from_record
 from ggl.config import ClientConfig, DefenceStep, ModelConfig
 from ggl.defences import Estimate, Gradient, estimate_defence
@@ -79,6 +79,8 @@ class Trial:
 
 
 AttackFn = Callable[[Attacker, AttackConfig, int], Trial]
+# several updates of one protocol side by side, one seed each -> one trial each (in order)
+LockstepFn = Callable[[list["Attacker"], AttackConfig, list[int]], list[Trial]]
 NO_COST = ("; unknown for this method (a plugin): compute is null, and its own budget in "
            "evaluations applies even under compute_budget")
 
@@ -108,26 +110,51 @@ def ggl_attack(optimiser: str) -> AttackFn:
         result = minimise(optimiser, objective, dim=attacker.generator.latent_dim * size,
                           budget=cfg.budget, config=cfg.optimiser, seed=seed,
                           device=attacker.device)
-        # One generator call decodes every checkpoint; the last is the best point
-        z = torch.stack([point for _, point in result.checkpoints]).to(attacker.device)
-        with torch.no_grad():
-            images = objective.images(z).cpu()
-        latent = objective.latent(z[-1:])
-        if size > 1:  # one batch (B, 3, H, W) per checkpoint
-            images = images.reshape(len(z), size, *images.shape[1:])
-        return Trial(images[-1], result.best_loss, result.evaluations, result.curve,
-                     latent=(latent if size > 1 else latent[0]).cpu(), info=result.info,
-                     checkpoints=[(e, image) for (e, _), image in
-                                  zip(result.checkpoints, images, strict=True)])
+        return latent_trial(objective, result, size, attacker.device)
 
     return attack
+
+
+def latent_trial(objective: Objective, result: OptimiseResult, size: int,
+                 device: torch.device) -> Trial:
+    """A GGL trial from its optimiser's result: one generator call decodes every checkpoint
+    (the last is the best point); at client batch size B > 1 a batch (B, 3, H, W) each."""
+    z = torch.stack([point for _, point in result.checkpoints]).to(device)
+    with torch.no_grad():
+        images = objective.images(z).cpu()
+    latent = objective.latent(z[-1:])
+    if size > 1:  # one batch (B, 3, H, W) per checkpoint
+        images = images.reshape(len(z), size, *images.shape[1:])
+    return Trial(images[-1], result.best_loss, result.evaluations, result.curve,
+                 latent=(latent if size > 1 else latent[0]).cpu(), info=result.info,
+                 checkpoints=[(e, image) for (e, _), image in
+                              zip(result.checkpoints, images, strict=True)])
 
 
 def best_of_trials(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed: int
                    ) -> tuple[Trial, list[Trial]]:
     """Independent restarts, each seeded from ``seed``; keep the lowest final loss."""
-    trials = [attack(attacker, cfg, derive_seed(seed, "trial", t)) for t in range(cfg.trials)]
-    return min(trials, key=lambda trial: trial.loss), trials
+    return best_of_lockstep_trials(one_by_one(attack), [attacker], cfg, [seed])[0]
+
+
+def best_of_lockstep_trials(attack: LockstepFn, attackers: list[Attacker], cfg: AttackConfig,
+                            seeds: list[int]) -> list[tuple[Trial, list[Trial]]]:
+    """``best_of_trials`` of several updates attacked side by side: trial t of every update in
+    one call of ``attack``, update i seeded from ``seeds[i]``."""
+    per_update: list[list[Trial]] = [[] for _ in attackers]
+    for t in range(cfg.trials):
+        trials = attack(attackers, cfg, [derive_seed(seed, "trial", t) for seed in seeds])
+        for mine, trial in zip(per_update, trials, strict=True):
+            mine.append(trial)
+    return [(min(trials, key=lambda trial: trial.loss), trials) for trials in per_update]
+
+
+def one_by_one(attack: AttackFn) -> LockstepFn:
+    """An attack function as a lockstep one: the updates one after another."""
+    def one(attackers: list[Attacker], cfg: AttackConfig, seeds: list[int]) -> list[Trial]:
+        return [attack(attacker, cfg, seed) for attacker, seed in zip(attackers, seeds,
+                                                                      strict=True)]
+    return one
 
 
 def infer_labels(received: Gradient, model: nn.Module, fc_index: int, client: ClientConfig,
@@ -195,26 +222,34 @@ def run_attack(attack: AttackFn, attacker: Attacker, cfg: AttackConfig, seed: in
     """Every trial on one update: the best, all of them, and what result.json records.
     ``cost``: model passes per evaluation (``evaluation_cost``; None: unknown);
     ``compute_budget`` > 0 replaces the budget by that many model passes per trial."""
+    return run_attacks(one_by_one(attack), [attacker], cfg, [seed], cost, compute_budget)[0]
+
+
+def run_attacks(attack: LockstepFn, attackers: list[Attacker], cfg: AttackConfig,
+                seeds: list[int], cost: float | None, compute_budget: int = 0
+                ) -> list[tuple[Trial, list[Trial], dict[str, Any]]]:
+    """``run_attack`` of several updates of one client protocol attacked side by side
+    (``ggl.attack.lockstep``); each record's seconds is the wall time over the updates."""
     start = time.perf_counter()
     cfg = replace(cfg, budget=budget_for(cfg, compute_budget, cost))
-    best, trials = best_of_trials(attack, attacker, cfg, seed)
-    evaluations = sum(t.evaluations for t in trials)
-    return best, trials, {
+    outcomes = best_of_lockstep_trials(attack, attackers, cfg, seeds)
+    seconds = (time.perf_counter() - start) / len(attackers)
+    return [(best, trials, {
         "method": cfg.method, "inferred_label": attacker.label,
         **({"inferred_labels": attacker.labels} if attacker.simulates else {}),
         "client": asdict(attacker.client), "loss": best.loss,
-        "evaluations": evaluations,
+        "evaluations": sum(t.evaluations for t in trials),
         "budget_units": "objective evaluations (one candidate image scored)",
         "budget": cfg.budget, "compute_budget": compute_budget,
-        "compute": None if cost is None else evaluations * cost,
+        "compute": None if cost is None else sum(t.evaluations for t in trials) * cost,
         "compute_unit": UNIT if cost is not None else UNIT + NO_COST,
         "cost_per_evaluation": cost,
-        "seconds": time.perf_counter() - start, "trials": len(trials),
+        "seconds": seconds, "lockstep_updates": len(attackers), "trials": len(trials),
         "best_trial": trials.index(best),  # Trial compares by identity
         "trial_losses": [t.loss for t in trials], "trial_info": [t.info for t in trials],
         "seed": seed, "defence_estimate": _summarise(attacker.estimate.values),
         "device": str(attacker.device), "scorer": attacker.scorer,
-    }
+    }) for attacker, seed, (best, trials) in zip(attackers, seeds, outcomes, strict=True)]
 
 
 def curve_csv(trials: list[Trial]) -> str:

@@ -1,6 +1,7 @@
 """Stage attack: one attack on every received update of one defence. It reads the received
 gradients, the generator and (for the label-only control, and label inference at client batch
-size > 1) the public split, never a private image or the client's truth."""
+size > 1) the public split, never a private image or the client's truth. Methods with a
+lockstep form attack the updates of a client protocol side by side (``ggl.attack.lockstep``)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import torch
 from tqdm import tqdm
 
 from ggl import io
-from ggl.attack import ATTACKS
+from ggl.attack import ATTACKS, LOCKSTEP, lockstep
 from ggl.attack.run import (
     checkpoints_record,
     curve_csv,
     evaluation_cost,
+    one_by_one,
     prepare_attacker,
-    run_attack,
+    run_attacks,
 )
 from ggl.client import load_received
 from ggl.data import load_part
@@ -47,27 +49,36 @@ def run(stage: Stage, log: Logger) -> None:
     records = {image: load_received(stage.input("received", image=image), params, defence,
                                     image, model)
                for image in params.image_ids()}  # all refused or accepted before any compute
+    attackers = [prepare_attacker(records[image], params.model, generator, device,
+                                  params.scorer, public, trained) for image in params.image_ids()]
     costs: dict[str, float | None] = {}
+    for image, attacker in zip(params.image_ids(), attackers, strict=True):
+        client = records[image]["client_name"]
+        if client not in costs:  # the same for every update of a client
+            costs[client] = evaluation_cost(attacker, cfg)
+    # Common random numbers: the same attack starts alike under every defence, and a
+    # noise-gradient control like the attack it repeats.
+    seeds = [derive_seed(params.seed, "attack", cfg.of or attack, image)
+             for image in params.image_ids()]
+    together = LOCKSTEP.get(cfg.method)
     pending: list[Callable[[], None]] = []
-    for image in tqdm(params.image_ids(), desc=f"{attack} on {defence}", unit="update"):
-        record = records[image]
-        attacker = prepare_attacker(record, params.model, generator, device, params.scorer,
-                                    public, trained)
-        if record["client_name"] not in costs:  # the same for every update of a client
-            costs[record["client_name"]] = evaluation_cost(attacker, cfg)
-        cost = costs[record["client_name"]]
-        # Common random numbers: the same attack starts alike under every defence, and a
-        # noise-gradient control like the attack it repeats.
-        seed = derive_seed(params.seed, "attack", cfg.of or attack, image)
-        best, trials, result = run_attack(ATTACKS.get(cfg.method), attacker, cfg, seed, cost,
-                                          params.compute_budget)
-        latent = best.latent if best.latent is not None else torch.zeros(0)
-        marks = checkpoints_record(best, result["cost_per_evaluation"],
-                                   attacker.client.batch_size)
-        summary = {"image_id": image, "defence": defence, "attack": attack,
-                   "generator": prior, **result}
-        pending.append(partial(_write, stage, image, best.image, latent, curve_csv(trials),
-                               marks, summary))
+    with tqdm(total=len(attackers), desc=f"{attack} on {defence}", unit="update") as bar:
+        for group in lockstep.groups(attackers, params.scorer, together is not None):
+            images = [params.image_ids()[i] for i in group]
+            fn = together if len(group) > 1 else one_by_one(ATTACKS.get(cfg.method))
+            outcomes = run_attacks(fn, [attackers[i] for i in group], cfg,
+                                   [seeds[i] for i in group],
+                                   costs[records[images[0]]["client_name"]],
+                                   params.compute_budget)
+            for image, i, (best, trials, result) in zip(images, group, outcomes, strict=True):
+                latent = best.latent if best.latent is not None else torch.zeros(0)
+                marks = checkpoints_record(best, result["cost_per_evaluation"],
+                                           attackers[i].client.batch_size)
+                summary = {"image_id": image, "defence": defence, "attack": attack,
+                           "generator": prior, **result}
+                pending.append(partial(_write, stage, image, best.image, latent,
+                                       curve_csv(trials), marks, summary))
+            bar.update(len(group))
     for write in pending:  # only once every update is attacked: all new images, or none
         write()
     log.info("%s on %s: %d reconstructions", attack, defence, len(params.image_ids()))
