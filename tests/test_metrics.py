@@ -12,7 +12,18 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from ggl.config import ModelConfig, Params
 from ggl.errors import GglError, MissingRunError
-from ggl.metrics import Lpips, evaluate, psnr_01, psnr_pm1, ssim
+from ggl.leakage import reid_rank
+from ggl.metrics import (
+    Lpips,
+    Truth,
+    evaluate,
+    mse_representation,
+    psnr_01,
+    psnr_pm1,
+    ssim,
+    ssim_pairs,
+    ssim_side,
+)
 from ggl.models import build_model
 from ggl.report import check_complete
 
@@ -68,6 +79,69 @@ def test_batched_ssim_is_scikit_images_value_for_every_pair(shape):
     assert ssim(a, b) == expected
     with pytest.raises(ValueError, match="at least 7x7"):
         ssim(a[..., :6, :], b[..., :6, :])
+
+
+def test_lpips_from_features_is_the_lpips_packages_value_bit_for_bit(images, lpips_metric):
+    other = images.flip(0) * 0.7
+    with torch.no_grad():
+        expected = [float(v) for v in lpips_metric.net(images, other, normalize=False).flatten()]
+    assert lpips_metric(images, other) == expected
+    assert lpips_metric.distance(lpips_metric.features(images),
+                                 lpips_metric.features(other)) == expected
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_a_truths_kept_features_score_as_recomputing_them_does(images, lpips_metric, n):
+    """A Truth computes its features once; every later reconstruction gets exactly the values
+    the package's LPIPS and a fresh MSE-R give."""
+    model = build_model(ModelConfig("resnet18-cifar", 4, 0, 10))
+    truth = Truth(images[0][None].expand(n, -1, -1, -1))
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        reconstruction = torch.rand(n, 3, 32, 32, generator=gen) * 2 - 1
+        values = evaluate(reconstruction, truth, model, lpips_metric)
+        with torch.no_grad():
+            lpips = [float(v) for v in lpips_metric.net(reconstruction, truth.images,
+                                                        normalize=False).flatten()]
+        assert values[lpips_metric.column] == lpips
+        assert values["mse_r"] == mse_representation(model, reconstruction, truth.images)
+        assert values == evaluate(reconstruction, truth.images.clone(), model, lpips_metric)
+
+
+def test_ssim_of_one_image_against_many_is_that_of_the_image_repeated(images):
+    gen = torch.Generator().manual_seed(4)
+    candidates = torch.rand(6, 3, 32, 32, generator=gen) * 2 - 1
+    one = images[:1]
+    assert ssim_pairs(ssim_side(one), ssim_side(candidates)) == ssim(one.expand_as(candidates),
+                                                                     candidates)
+    assert ssim_pairs(ssim_side(images)[1], ssim_side(candidates)) == ssim(
+        images[1:2].expand_as(candidates), candidates)
+    with pytest.raises(ValueError, match="of one shape"):
+        ssim_pairs(ssim_side(images), ssim_side(candidates))
+
+
+def test_a_private_image_scores_a_reconstruction_once_and_as_computed_afresh(images,
+                                                                             lpips_metric):
+    """The metrics stage's per-image scorer: its kept truth features, candidate statistics
+    and scores give what evaluate and reid_rank give from scratch; another model's MSE-R is
+    its own."""
+    from ggl.stages.metrics import PrivateImage
+
+    gen = torch.Generator().manual_seed(5)
+    split = torch.rand(8, 3, 32, 32, generator=gen) * 2 - 1
+    pool = {0: [3, 4, 5], 1: [6, 7]}
+    model = build_model(ModelConfig("resnet18-cifar", 4, 0, 10))
+    other = build_model(ModelConfig("resnet18-cifar", 4, 1, 10))
+    scorer = PrivateImage(split[0], split, pool, torch.device("cpu"), lpips_metric)
+    for stack in (split[1:2] * 0.5, split[1:4] * 0.9, split[1:2] * 0.5):
+        for m in (model, other):
+            for label in (0, 1):
+                values, rank, top1 = scorer.score(stack, m, label)
+                truth = split[0][None].expand_as(stack)
+                assert values == evaluate(stack, truth, m, lpips_metric)
+                assert (rank, top1) == reid_rank(stack, split[0], split[pool[label]])
+    assert scorer.score(split[1:2] * 0.5, model, 0)[0]["mse_r"] != scorer.score(
+        split[1:2] * 0.5, other, 0)[0]["mse_r"]
 
 
 def test_stand_in_lpips_is_labelled_and_refused_where_params_forbid_it(lpips_metric):

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ggl.settings import CONTROLS
+
+if TYPE_CHECKING:
+    from ggl.metrics import SsimSide
 
 CONFIDENCE = 0.95
 RESAMPLES = 9999
@@ -68,12 +72,21 @@ def reid_rank(reconstructions: torch.Tensor, truth: torch.Tensor, distractors: t
     """Rank of ``truth`` (3, H, W) among itself and ``distractors`` (m, 3, H, W) by SSIM to each
     reconstruction (n, 3, H, W), ties counted against the truth: (mean rank, share ranked
     first) over the n reconstructions."""
-    from ggl.metrics import ssim
+    from ggl.metrics import ssim_side
 
-    candidates = torch.cat([truth[None], distractors])
+    return reid_rank_among(ssim_side(reconstructions),
+                           ssim_side(torch.cat([truth[None], distractors])))
+
+
+def reid_rank_among(reconstructions: SsimSide, candidates: SsimSide) -> tuple[float, float]:
+    """``reid_rank`` with both sides' SSIM statistics given (``ggl.metrics.ssim_side``;
+    the truth first among the candidates): the metrics stage computes a candidate set's once
+    for every reconstruction ranked against it."""
+    from ggl.metrics import ssim_pairs
+
     ranks = []
-    for image in reconstructions:
-        scores = torch.tensor(ssim(image[None].expand_as(candidates), candidates))
+    for k in range(len(reconstructions)):
+        scores = torch.tensor(ssim_pairs(reconstructions[k], candidates))
         ranks.append(1 + int((scores[1:] >= scores[0]).sum()))
     return float(np.mean(ranks)), float(np.mean([r == 1 for r in ranks]))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,66 @@ def psnr_01(a: torch.Tensor, b: torch.Tensor) -> list[float]:
 
 
 SSIM_WINDOW = 7  # scikit-image's default uniform window
+SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # (K1 data_range)^2, (K2 data_range)^2
+SSIM_COV_NORM = SSIM_WINDOW ** 2 / (SSIM_WINDOW ** 2 - 1)  # sample (co)variances
+
+
+def _window_mean(v: np.ndarray) -> np.ndarray:
+    """The 7 x 7 uniform filter of each 2-D slice of (n, C, H, W): the first two axes are not
+    filtered, so a slice's value does not depend on what else is in the batch."""
+    from scipy.ndimage import uniform_filter
+
+    return uniform_filter(v, size=(1, 1, SSIM_WINDOW, SSIM_WINDOW))
+
+
+@dataclass(frozen=True)
+class SsimSide:
+    """One side of SSIM pairs: (n, C, H, W) images in [0, 1] (float32) with their windowed
+    means and sample variances, computed once for an image compared with many (each
+    reconstruction is ranked against the same re-identification candidates)."""
+
+    images: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, k: int) -> SsimSide:
+        """Image ``k`` alone, as a batch of one that broadcasts against any other side."""
+        return SsimSide(self.images[k:k + 1], self.mean[k:k + 1], self.var[k:k + 1])
+
+
+def ssim_side(images: torch.Tensor) -> SsimSide:
+    """(n, C, H, W) images in [-1, 1] as one side of SSIM pairs (``ssim_pairs``)."""
+    x = ((images.detach().cpu().float() + 1) / 2).clamp(0, 1).numpy()
+    if x.ndim != 4:
+        raise ValueError(f"ssim needs (n, C, H, W) batches, got {tuple(x.shape)}")
+    if min(x.shape[2:]) < SSIM_WINDOW:
+        raise ValueError(f"ssim needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, "
+                         f"got {x.shape[2]}x{x.shape[3]}")
+    mean = _window_mean(x)
+    return SsimSide(x, mean, SSIM_COV_NORM * (_window_mean(x * x) - mean * mean))
+
+
+def ssim_pairs(a: SsimSide, b: SsimSide) -> list[float]:
+    """SSIM of each pair of two sides of one shape, or of a one-image side with each image of
+    the other (broadcast: the same values as the image repeated)."""
+    if a.images.shape[1:] != b.images.shape[1:] or (len(a) != len(b) and 1 not in (len(a),
+                                                                                   len(b))):
+        raise ValueError(f"ssim needs two (n, C, H, W) batches of one shape, got "
+                         f"{a.images.shape} and {b.images.shape}")
+    ux, uy = a.mean, b.mean
+    vxy = SSIM_COV_NORM * (_window_mean(a.images * b.images) - ux * uy)
+    s = (((2 * ux * uy + SSIM_C1) * (2 * vxy + SSIM_C2))
+         / ((ux ** 2 + uy ** 2 + SSIM_C1) * (a.var + b.var + SSIM_C2)))
+    n, channels, height, width = s.shape
+    pad = (SSIM_WINDOW - 1) // 2
+    # one slice at a time, as scikit-image reduces each channel: the same float64 sums
+    per_channel = np.array([m[pad:-pad, pad:-pad].mean(dtype=np.float64)
+                            for m in s.reshape(-1, height, width)],
+                           dtype=np.float32).reshape(n, channels)
+    return [float(row.mean()) for row in per_channel]
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> list[float]:
@@ -77,42 +138,27 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     uncropped interior in float64, channels averaged in float32) on the same float32 arrays,
     so the same values (tests/test_metrics.py), without one call per channel and pair
     (re-identification scores thousands of pairs)."""
-    from scipy.ndimage import uniform_filter
-
-    def to01(t: torch.Tensor) -> np.ndarray:
-        return ((t.detach().cpu().float() + 1) / 2).clamp(0, 1).numpy()
-
-    x, y = to01(a), to01(b)
-    if x.shape != y.shape or x.ndim != 4:
+    if a.shape != b.shape or a.dim() != 4:
         raise ValueError(f"ssim needs two (n, C, H, W) batches of one shape, got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}")
-    n, channels, height, width = x.shape
-    if min(height, width) < SSIM_WINDOW:
-        raise ValueError(f"ssim needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, "
-                         f"got {height}x{width}")
-    x, y = x.reshape(-1, height, width), y.reshape(-1, height, width)
-
-    def mean(v: np.ndarray) -> np.ndarray:  # per 2-D slice: the batch axis is not filtered
-        return uniform_filter(v, size=(1, SSIM_WINDOW, SSIM_WINDOW))
-
-    cov_norm = SSIM_WINDOW ** 2 / (SSIM_WINDOW ** 2 - 1)
-    ux, uy = mean(x), mean(y)
-    vx = cov_norm * (mean(x * x) - ux * ux)
-    vy = cov_norm * (mean(y * y) - uy * uy)
-    vxy = cov_norm * (mean(x * y) - ux * uy)
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
-    pad = (SSIM_WINDOW - 1) // 2
-    per_channel = np.array([m[pad:-pad, pad:-pad].mean(dtype=np.float64) for m in s],
-                           dtype=np.float32).reshape(n, channels)
-    return [float(row.mean()) for row in per_channel]
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    return ssim_pairs(ssim_side(a), ssim_side(b))
 
 
-def mse_representation(model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> list[float]:
+def representation(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The model's penultimate (fc input) features of a batch, without gradients."""
     from ggl.models import penultimate
 
     with torch.no_grad():
-        return [float(v) for v in (penultimate(model, a) - penultimate(model, b)).pow(2).mean(1)]
+        return penultimate(model, images)
+
+
+def mse_features(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """Per-row MSE of two (n, d) feature batches."""
+    return [float(v) for v in (a - b).pow(2).mean(1)]
+
+
+def mse_representation(model: nn.Module, a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    return mse_features(representation(model, a), representation(model, b))
 
 
 def vgg16_weights_path() -> Path:
@@ -183,9 +229,53 @@ class Lpips:
         self.net = net.to(device).eval()
         self.column = "lpips_vgg_stand_in" if self.stand_in else "lpips_vgg"
 
-    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's unit-normalised backbone activations of [-1, 1] images: all that
+        ``distance`` needs of one side, so an image scored against many is run through VGG
+        once. The lpips package's own steps in its order (its ``forward`` runs them on both
+        sides each call); tests/test_metrics.py holds the values to its ``forward``'s."""
+        import lpips
+
         with torch.no_grad():
-            return [float(v) for v in self.net(a, b, normalize=False).flatten()]
+            return [lpips.normalize_tensor(out)
+                    for out in self.net.net(self.net.scaling_layer(images))]
+
+    def distance(self, a: list[torch.Tensor], b: list[torch.Tensor]) -> list[float]:
+        """LPIPS of each pair of images given by their ``features`` (two batches of one
+        size: a batch's composition changes its features' last bits, so the truth's are
+        computed at the batch size they are compared at)."""
+        import lpips
+
+        with torch.no_grad():
+            total = 0  # summed from 0 in lpips' layer order, as its forward does
+            for lin, fa, fb in zip(self.net.lins, a, b, strict=True):
+                total = total + lpips.spatial_average(lin((fa - fb) ** 2), keepdim=True)
+            return [float(v) for v in total.flatten()]
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> list[float]:
+        return self.distance(self.features(a), self.features(b))
+
+
+@dataclass
+class Truth:
+    """Private images (n, 3, H, W) aligned with reconstructions, with their LPIPS and
+    penultimate features computed on first use and kept: the metrics stage scores one private
+    image against every defence's and attack's reconstruction of it (half of LPIPS' time went
+    to its features, recomputed for each)."""
+
+    images: torch.Tensor
+    _lpips: list[torch.Tensor] | None = field(default=None, repr=False)
+    _representation: dict[nn.Module, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def lpips_features(self, metric: Lpips) -> list[torch.Tensor]:
+        if self._lpips is None:
+            self._lpips = metric.features(self.images)
+        return self._lpips
+
+    def representation(self, model: nn.Module) -> torch.Tensor:
+        if model not in self._representation:
+            self._representation[model] = representation(model, self.images)
+        return self._representation[model]
 
 
 # --- the metrics stage -------------------------------------------------------------------
@@ -209,14 +299,19 @@ CONVENTIONS = {
 }
 
 
-def evaluate(reconstructions: torch.Tensor, truths: torch.Tensor, model: nn.Module,
+def evaluate(reconstructions: torch.Tensor, truths: torch.Tensor | Truth, model: nn.Module,
              lpips_metric: Lpips) -> dict[str, list[float]]:
-    """Every image metric for aligned (n, 3, H, W) batches in [-1, 1]."""
+    """Every image metric for aligned (n, 3, H, W) batches in [-1, 1]; ``truths`` as a
+    ``Truth`` keeps its features for the next call."""
+    truth = truths if isinstance(truths, Truth) else Truth(truths)
+    images = truth.images
     return {
-        "mse_i": [float(v) for v in mse_image(reconstructions, truths)],
-        "psnr_db_pm1": psnr_pm1(reconstructions, truths),
-        "psnr_db_01": psnr_01(reconstructions, truths),
-        "ssim": ssim(reconstructions, truths),
-        lpips_metric.column: lpips_metric(reconstructions, truths),
-        "mse_r": mse_representation(model, reconstructions, truths),
+        "mse_i": [float(v) for v in mse_image(reconstructions, images)],
+        "psnr_db_pm1": psnr_pm1(reconstructions, images),
+        "psnr_db_01": psnr_01(reconstructions, images),
+        "ssim": ssim(reconstructions, images),
+        lpips_metric.column: lpips_metric.distance(lpips_metric.features(reconstructions),
+                                                   truth.lpips_features(lpips_metric)),
+        "mse_r": mse_features(representation(model, reconstructions),
+                              truth.representation(model)),
     }
