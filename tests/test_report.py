@@ -8,9 +8,17 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from ggl.leakage import above_control, leakage_table
-from ggl.report import headline, metric_plot, metric_range, summarise
+from ggl.report import (
+    compose_grid,
+    headline,
+    metric_plot,
+    metric_range,
+    reconstruction_grid,
+    summarise,
+)
 from ggl.report_html import html_pages
 
 ATTACKS = {"ggl-adam": "ggl-adam", "my-cmaes": "ggl-cmaes", "dlg": "dlg", "ig": "ig",
@@ -181,3 +189,32 @@ def test_metric_figures_stay_in_range_and_their_legend_outside(metric):
     fig.canvas.draw()
     legend = ax.get_legend().get_window_extent()
     assert legend.x0 >= ax.get_window_extent().x1  # right of the axes, over no data
+
+
+def test_a_composed_grid_holds_each_image_at_its_cell_between_white_gaps():
+    gen = torch.Generator().manual_seed(0)
+    cells = [[torch.rand(3, 4, 6, generator=gen) * 2.4 - 1.2 for _ in range(3)]
+             for _ in range(2)]
+    out = compose_grid(cells, gap=2)
+    assert out.shape == (2 * 4 + 2, 3 * 6 + 2 * 2, 3) and out.dtype == np.float32
+    for i, row in enumerate(cells):
+        for j, image in enumerate(row):
+            expected = ((image.permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy()
+            assert np.array_equal(out[i * 6:i * 6 + 4, j * 8:j * 8 + 6], expected)
+    assert (out[4:6] == 1).all() and (out[:, 6:8] == 1).all() and (out[:, 14:16] == 1).all()
+
+
+def test_the_reconstruction_grid_is_one_image_labelled_by_defence_and_attack():
+    gen = torch.Generator().manual_seed(1)
+    private = torch.rand(3, 8, 16, generator=gen) * 2 - 1  # a batch of two, side by side
+    shown = {d: {a: torch.rand(3, 8, 16, generator=gen) * 2 - 1 for a in ("ggl-adam", "dlg")}
+             for d in ("none", "dp-sgd")}
+    fig = reconstruction_grid(private, shown, "reconstructions of batch0", {"dp-sgd": 2.5})
+    (ax,) = fig.axes
+    (image,) = ax.get_images()
+    assert np.array_equal(image.get_array(), compose_grid(
+        [[private, private], *([shown[d][a] for d in shown] for a in ("ggl-adam", "dlg"))],
+        gap=2))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["none", "dp-sgd (ε=2.5)"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["private", "ggl-adam", "dlg"]
+    assert ax.get_title() == "reconstructions of batch0"
