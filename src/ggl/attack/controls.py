@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from ggl.attack import lockstep
+from ggl.attack.lockstep import ggl_adam
 from ggl.attack.run import Attacker, Trial, ggl_attack
 from ggl.defences import Gradient
 from ggl.runtime import derive_seed
@@ -82,7 +82,7 @@ def noise_gradient_lockstep(attackers: list[Attacker], cfg: AttackConfig, seeds:
     noisy = [replace(a, received=noise_like(a.received, torch.Generator().manual_seed(
         derive_seed(seed, "noise-gradient")))) for a, seed in zip(attackers, seeds, strict=True)]
     if optimiser == "adam":
-        trials = lockstep.ggl_adam(noisy, cfg, seeds)
+        trials = ggl_adam(noisy, cfg, seeds)
     else:
         trials = [ggl_attack(optimiser)(a, cfg, seed)
                   for a, seed in zip(noisy, seeds, strict=True)]
