@@ -295,7 +295,8 @@ CONVENTIONS = {
     "compute": "model passes spent, all trials together: one forward and backward pass of the "
                "federated model on one image; a double-backprop evaluation counts its measured "
                "FLOP ratio (ggl.attack.compute); 0 for controls that use no model pass",
-    "seconds": "wall seconds of the attack on this image, all trials together",
+    "seconds": ("wall seconds of the attack on this image, all trials together; of updates "
+                "attacked side by side (lockstep_updates > 1), their pass's seconds / their count"),
 }
 
 
