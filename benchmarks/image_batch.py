@@ -57,7 +57,7 @@ def main() -> None:
     print(f"# {params.model.arch} width {params.model.width}, {params.data.image_size}px, "
           f"{args.updates} updates, {args.budget} evaluations each, {args.threads} torch "
           f"threads, best of {args.repeats}; seconds per update")
-    print(f"{'method':10s} {'one at a time':>14s} {'side by side':>13s} {'ratio':>6s} "
+    print(f"{'method':15s} {'one at a time':>14s} {'side by side':>13s} {'ratio':>6s} "
           f"{'largest pixel difference':>25s}")
     for method in args.methods:
         cfg = params.attacks[method]
@@ -73,7 +73,7 @@ def main() -> None:
                 best[name] = min(best.get(name, seconds), seconds)
                 images[name] = torch.stack([trial.image for trial, _ in outcomes])
         gap = float((images["alone"] - images["together"]).abs().max())
-        print(f"{method:10s} {best['alone']:14.3f} {best['together']:13.3f} "
+        print(f"{method:15s} {best['alone']:14.3f} {best['together']:13.3f} "
               f"{best['alone'] / best['together']:6.2f} {gap:25.1e}")
 
 

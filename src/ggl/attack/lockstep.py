@@ -25,7 +25,7 @@ from ggl.defences import Estimate, Gradient, stack_estimates
 from ggl.settings import AttackConfig
 
 # Updates per batched pass: the pass's memory grows with it (double backprop of every image),
-# its speed-up flattens (benchmarks/README.md, "Images side by side").
+# its speed-up flattens (benchmarks/README.md, "image_batch.py").
 IMAGES_PER_PASS = 8
 
 
