@@ -1,6 +1,7 @@
 """The attacker's side: objective, label inference, optimisers, baselines, controls.
 ``ATTACKS`` maps params' ``method`` to an attack function: the built-in methods are registered
-here, a ``package.module:callable`` plugs in a user's own.
+here, a ``package.module:callable`` plugs in a user's own. ``LOCKSTEP`` gives the built-in
+methods that can attack several updates side by side their lockstep form.
 """
 
 from ggl.attack import lockstep
@@ -18,7 +19,6 @@ for _method, _learns in LEARNS_LABEL.items():
 for _method, _control in CONTROL_ATTACKS.items():
     ATTACKS.register(_method)(_control)
 
-# The built-in methods that attack a job's updates side by side (ggl.attack.lockstep)
 LOCKSTEP: dict[str, LockstepFn] = {
     "ggl-adam": lockstep.ggl_adam, "noise-gradient": noise_gradient_lockstep,
     **{method: pixel_lockstep(learns) for method, learns in LEARNS_LABEL.items()}}
