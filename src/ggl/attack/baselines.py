@@ -77,17 +77,17 @@ def pixel_lockstep(learn_label: bool) -> LockstepFn:
         else:
             optimisers = [torch.optim.Adam(v, lr=opt_cfg.lr) for v in variables]
         distance = DISTANCES[obj.distance]
+        estimate = first.estimate if obj.adaptive else Estimate()
+        inferred = torch.tensor(first.labels, device=device)
 
-        def matching() -> torch.Tensor:  # (updates,)
+        def matching(x: torch.Tensor) -> torch.Tensor:  # every update's images -> (updates,)
             if stacked is not None:
                 labels = (torch.cat(label_logits).softmax(1) if learn_label
                           else stacked.labels)
-                return stacked.matching(torch.cat(images), labels, distance)
-            x, logits = images[0], label_logits[0]
-            estimate = first.estimate if obj.adaptive else Estimate()
+                return stacked.matching(x, labels, distance)
+            logits = label_logits[0]
             if first.simulates:
-                targets = (logits.softmax(1) if learn_label
-                           else torch.tensor(first.labels, device=device))
+                targets = logits.softmax(1) if learn_label else inferred
                 grads = simulated_update(first.model, x, targets, first.client.local_steps,
                                          first.client.local_lr, create_graph=True)
             else:
@@ -98,7 +98,9 @@ def pixel_lockstep(learn_label: bool) -> LockstepFn:
         def prior(values: torch.Tensor) -> torch.Tensor:  # (B,) per image -> (1,) per batch
             return values if size == 1 else values.mean(0, keepdim=True)
 
-        x_all = (lambda: images[0]) if len(images) == 1 else (lambda: torch.cat(images))
+        def batch() -> torch.Tensor:  # every update's images, (updates B, 3, H, W)
+            return images[0] if len(images) == 1 else torch.cat(images)
+
         trackers = [Tracker(budget=cfg.budget) for _ in attackers]
         iterations = 0
         while trackers[0].evaluations < cfg.budget:
@@ -107,13 +109,15 @@ def pixel_lockstep(learn_label: bool) -> LockstepFn:
                     group["lr"] = opt_cfg.lr * lr_factor(opt_cfg.schedule,
                                                          trackers[0].evaluations, cfg.budget)
                 opt.zero_grad()
-            loss = matching()
+            # each term joins the images itself: one join shared by the three would sum their
+            # gradients in another order (last-bit changes to the measured results)
+            loss = matching(batch())
             if obj.tv_weight:
-                loss = loss + obj.tv_weight * prior(total_variation(x_all()))
+                loss = loss + obj.tv_weight * prior(total_variation(batch()))
             if obj.l2_weight:
-                loss = loss + obj.l2_weight * prior(x_all().pow(2).flatten(1).mean(1))
-            for i, (x, tracker) in enumerate(zip(images, trackers, strict=True)):
-                tracker.record(x.detach() if size == 1 else x.detach()[None],
+                loss = loss + obj.l2_weight * prior(batch().pow(2).flatten(1).mean(1))
+            for i, (image, tracker) in enumerate(zip(images, trackers, strict=True)):
+                tracker.record(image.detach() if size == 1 else image.detach()[None],
                                loss[i:i + 1].detach())
             loss.sum().backward()
             for own, opt, total in zip(variables, optimisers, loss.detach(), strict=True):
@@ -125,8 +129,8 @@ def pixel_lockstep(learn_label: bool) -> LockstepFn:
             iterations += 1
             if opt_cfg.clamp:
                 with torch.no_grad():
-                    for x in images:
-                        x.clamp_(-1, 1)
+                    for image in images:
+                        image.clamp_(-1, 1)
         return [Trial(tracker.best_z.clamp(-1, 1).cpu(), tracker.best_loss,
                       tracker.evaluations, tracker.curve, info={"iterations": iterations},
                       checkpoints=[(e, point.clamp(-1, 1).cpu())

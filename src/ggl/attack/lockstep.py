@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ggl.attack.objective import DISTANCES, REGULARISERS, Distance, image_gradients
 from ggl.attack.optimisers import adam_lockstep
@@ -33,7 +34,7 @@ IMAGES_PER_PASS = 8
 class Stack:
     """N updates of one client protocol (one image, one local step each), stacked."""
 
-    attackers: list[Attacker]
+    model: nn.Module  # the federated model every update of the protocol was computed on
     received: Gradient  # (N, ...) per parameter tensor
     estimate: Estimate  # each op's settings stacked: update i's estimate for candidate i
     labels: torch.Tensor  # (N,) inferred labels
@@ -41,7 +42,7 @@ class Stack:
     def matching(self, images: torch.Tensor, labels: torch.Tensor,
                  distance: Distance) -> torch.Tensor:
         """D(y_i, T-hat_i(F(image_i))) for candidate image i of update i: (N,)."""
-        grads = image_gradients(self.attackers[0].model, images, labels)
+        grads = image_gradients(self.model, images, labels)
         return distance(self.estimate.apply(grads), self.received)
 
 
@@ -56,7 +57,7 @@ def stack(attackers: Sequence[Attacker], adaptive: bool) -> Stack | None:
     received = [torch.stack(tensors) for tensors in zip(*(a.received for a in attackers),
                                                          strict=True)]
     labels = torch.tensor([a.label for a in attackers], device=attackers[0].device)
-    return Stack(list(attackers), received, estimate, labels)
+    return Stack(attackers[0].model, received, estimate, labels)
 
 
 def groups(attackers: Sequence[Attacker], scorer: str, lockstep: bool) -> list[list[int]]:

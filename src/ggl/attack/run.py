@@ -234,22 +234,26 @@ def run_attacks(attack: LockstepFn, attackers: list[Attacker], cfg: AttackConfig
     cfg = replace(cfg, budget=budget_for(cfg, compute_budget, cost))
     outcomes = best_of_lockstep_trials(attack, attackers, cfg, seeds)
     seconds = (time.perf_counter() - start) / len(attackers)
-    return [(best, trials, {
-        "method": cfg.method, "inferred_label": attacker.label,
-        **({"inferred_labels": attacker.labels} if attacker.simulates else {}),
-        "client": asdict(attacker.client), "loss": best.loss,
-        "evaluations": sum(t.evaluations for t in trials),
-        "budget_units": "objective evaluations (one candidate image scored)",
-        "budget": cfg.budget, "compute_budget": compute_budget,
-        "compute": None if cost is None else sum(t.evaluations for t in trials) * cost,
-        "compute_unit": UNIT if cost is not None else UNIT + NO_COST,
-        "cost_per_evaluation": cost,
-        "seconds": seconds, "lockstep_updates": len(attackers), "trials": len(trials),
-        "best_trial": trials.index(best),  # Trial compares by identity
-        "trial_losses": [t.loss for t in trials], "trial_info": [t.info for t in trials],
-        "seed": seed, "defence_estimate": _summarise(attacker.estimate.values),
-        "device": str(attacker.device), "scorer": attacker.scorer,
-    }) for attacker, seed, (best, trials) in zip(attackers, seeds, outcomes, strict=True)]
+    out = []
+    for attacker, seed, (best, trials) in zip(attackers, seeds, outcomes, strict=True):
+        evaluations = sum(t.evaluations for t in trials)
+        out.append((best, trials, {
+            "method": cfg.method, "inferred_label": attacker.label,
+            **({"inferred_labels": attacker.labels} if attacker.simulates else {}),
+            "client": asdict(attacker.client), "loss": best.loss,
+            "evaluations": evaluations,
+            "budget_units": "objective evaluations (one candidate image scored)",
+            "budget": cfg.budget, "compute_budget": compute_budget,
+            "compute": None if cost is None else evaluations * cost,
+            "compute_unit": UNIT if cost is not None else UNIT + NO_COST,
+            "cost_per_evaluation": cost,
+            "seconds": seconds, "lockstep_updates": len(attackers), "trials": len(trials),
+            "best_trial": trials.index(best),  # Trial compares by identity
+            "trial_losses": [t.loss for t in trials], "trial_info": [t.info for t in trials],
+            "seed": seed, "defence_estimate": _summarise(attacker.estimate.values),
+            "device": str(attacker.device), "scorer": attacker.scorer,
+        }))
+    return out
 
 
 def curve_csv(trials: list[Trial]) -> str:
