@@ -152,6 +152,24 @@ def test_reid_rank_counts_ties_against_the_truth():
     assert reid_rank(truth[None], truth, torch.stack([truth, truth + 1])) == (2.0, 0.0)
 
 
+def test_a_batch_of_noise_reidentifies_at_chance():
+    """At B > 1 every candidate scores its best SSIM over the batch's reconstructions. Handing
+    the truth the reconstruction that an MSE assignment against it chose, as PSNR pairs them,
+    ranks it first far above chance even when the reconstructions are noise."""
+    gen = torch.Generator().manual_seed(0)
+    samples, batch, pool = 200, 4, 20
+    candidates = torch.rand(pool + 1, 3, 16, 16, generator=gen) * 2 - 1  # the truth first
+    noise = torch.rand(samples, batch, 3, 16, 16, generator=gen) * 2 - 1
+    _, top1 = reid_rank(noise.flatten(0, 1), candidates[0], candidates[1:], batch)
+    chance = 1 / (pool + 1)
+    assert top1 < 2 * chance
+    picked = noise[torch.arange(samples), (noise - candidates[0]).pow(2).flatten(2).mean(2)
+                   .argmin(1)]
+    assert reid_rank(picked, candidates[0], candidates[1:])[1] > 2 * chance
+    with pytest.raises(ValueError, match="not samples of 3"):
+        reid_rank(noise.flatten(0, 1), candidates[0], candidates[1:], 3)
+
+
 def test_wilson_interval_matches_known_values():
     low, high = wilson_interval(0.0, 8)
     assert low == 0.0 and high == pytest.approx(0.3244, abs=1e-3)

@@ -7,6 +7,9 @@
 - **Re-identification**: the true private image ranked among itself and a pool of other private
   images of the inferred class (never attacked) by SSIM to the reconstruction; rank 1 = the
   server could tell which image it was. A stack of prior samples gives the mean over samples.
+  At client batch size B > 1 each candidate scores its best SSIM over the batch's B
+  reconstructions and the pool is of the truth's own class, so the truth gains nothing from
+  the assignment that pairs it with a reconstruction (and an inferred label) for PSNR.
 - **Intervals** over images: a percentile bootstrap of the mean (paired differences) and the
   Wilson score interval of a rate.
 """
@@ -40,7 +43,11 @@ CONVENTIONS = {
                         "(prior, label-only, noise-gradient) with the best mean over images",
     "reid_rank_ssim": "rank of the true private image among itself and the re-identification "
                       "pool (other private images of the inferred class, never attacked) by "
-                      "SSIM to the reconstruction; 1 = identified; ties count against the truth",
+                      "SSIM to the reconstruction; 1 = identified; ties count against the "
+                      "truth; at client batch size B > 1 every candidate scores its best SSIM "
+                      "over the batch's B reconstructions (not the one assigned to the truth "
+                      "by MSE, which would favour the truth), among images of the truth's "
+                      "own class",
     "reid_top1_ssim": "1 when the true image ranks first (the prior: share of its samples)",
     "reid_candidates": "images ranked (the truth and the pool); chance top-1 = 1 / this",
     "intervals": INTERVALS,
@@ -67,26 +74,34 @@ def short_classes(pool: dict[int, list[int]], per_class: int) -> dict[int, int]:
     return {c: len(m) for c, m in pool.items() if len(m) < per_class}
 
 
-def reid_rank(reconstructions: torch.Tensor, truth: torch.Tensor, distractors: torch.Tensor
-              ) -> tuple[float, float]:
+def reid_rank(reconstructions: torch.Tensor, truth: torch.Tensor, distractors: torch.Tensor,
+              batch: int = 1) -> tuple[float, float]:
     """Rank of ``truth`` (3, H, W) among itself and ``distractors`` (m, 3, H, W) by SSIM to each
     reconstruction (n, 3, H, W), ties counted against the truth: (mean rank, share ranked
-    first) over the n reconstructions."""
+    first) over the n reconstructions; with ``batch`` B > 1, over the n / B samples of a
+    client batch (``reid_rank_among``)."""
     from ggl.metrics import ssim_side
 
     return reid_rank_among(ssim_side(reconstructions),
-                           ssim_side(torch.cat([truth[None], distractors])))
+                           ssim_side(torch.cat([truth[None], distractors])), batch)
 
 
-def reid_rank_among(reconstructions: SsimSide, candidates: SsimSide) -> tuple[float, float]:
+def reid_rank_among(reconstructions: SsimSide, candidates: SsimSide, batch: int = 1
+                    ) -> tuple[float, float]:
     """``reid_rank`` with both sides' SSIM statistics given (``ggl.metrics.ssim_side``;
     the truth first among the candidates): the metrics stage computes a candidate set's once
-    for every reconstruction ranked against it."""
+    for every reconstruction ranked against it. With ``batch`` B > 1 the reconstructions are
+    samples of B consecutive images, one client batch's, and each candidate scores its best
+    SSIM over a sample's B: handing the truth the reconstruction that an assignment against
+    the truth chose would favour it over the pool (noise re-identified at 2.6x chance)."""
     from ggl.metrics import ssim_pairs
 
+    if batch < 1 or len(reconstructions) % batch:
+        raise ValueError(f"{len(reconstructions)} reconstructions are not samples of {batch}")
     ranks = []
-    for k in range(len(reconstructions)):
-        scores = torch.tensor(ssim_pairs(reconstructions[k], candidates))
+    for start in range(0, len(reconstructions), batch):
+        scores = torch.stack([torch.tensor(ssim_pairs(reconstructions[k], candidates))
+                              for k in range(start, start + batch)]).amax(0)
         ranks.append(1 + int((scores[1:] >= scores[0]).sum()))
     return float(np.mean(ranks)), float(np.mean([r == 1 for r in ranks]))
 

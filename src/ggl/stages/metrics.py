@@ -2,7 +2,8 @@
 and of each attack with its controls (``ggl.leakage``). One row per private image; at client
 batch size B > 1 each image is scored against the reconstruction the optimal assignment gives
 it (``ggl.metrics.match_batch``, per sample and per checkpoint), with its update's id and
-whether the inferred label multiset was exact."""
+whether the inferred label multiset was exact; its re-identification ranks it among its own
+class against the whole batch (``ggl.leakage.reid_rank_among``)."""
 
 from __future__ import annotations
 
@@ -104,12 +105,15 @@ class PrivateImage:
         """The re-identification pool of a class (``ggl.leakage.reid_pool``)."""
         return self.images[self.pool.get(label, [])]
 
-    def score(self, stack: torch.Tensor, model: nn.Module, label: int
+    def score(self, stack: torch.Tensor, model: nn.Module, label: int,
+              batches: torch.Tensor | None = None
               ) -> tuple[dict[str, list[float]], float, float]:
         """Every metric of each image of ``stack`` (n, 3, H, W) against this image under
         ``model`` (MSE-R), and its re-identification (mean rank, top-1 share) among the pool
-        of class ``label``."""
-        key = (digest(stack), model, label)
+        of class ``label``: against ``batches`` (n, B, 3, H, W), the whole client batches
+        that ``stack`` was assigned from (``ggl.leakage.reid_rank_among``), where given."""
+        batches = stack[:, None] if batches is None else batches
+        key = (digest(stack), model, label, digest(batches))
         if key not in self._scores:
             n = len(stack)
             if n not in self._truths:
@@ -118,7 +122,8 @@ class PrivateImage:
                 self._candidates[label] = ssim_side(
                     torch.cat([self.image[None], self.distractors(label)]))
             values = evaluate(stack.to(self.device), self._truths[n], model, self.lpips_metric)
-            rank, top1 = reid_rank_among(ssim_side(stack), self._candidates[label])
+            rank, top1 = reid_rank_among(ssim_side(batches.flatten(0, 1)),
+                                         self._candidates[label], batches.shape[1])
             self._scores[key] = values, rank, top1
         return self._scores[key]
 
@@ -182,7 +187,10 @@ def score_run(stage: Stage, defence: str, attack: str, update: str,
         stack = torch.stack([batch[slot[i]] for batch, slot in zip(samples, slots, strict=True)])
         label_inferred = inferred[slots[0][i]]
         scorer = private[index]
-        values, rank, top1 = scorer.score(stack, model, label_inferred)
+        # the re-identification pool's class: at B > 1 no inferred label belongs to an image
+        # but through the assignment against the truth, so the truth's own class
+        pool_label = label if len(originals) > 1 else label_inferred
+        values, rank, top1 = scorer.score(stack, model, pool_label, samples)
         matched = {**marks, "images": torch.stack(
             [batch[slot[i]] for batch, slot in zip(marked, mark_slots, strict=True)])}
         scores.curves += [{"client": truth["client_name"], "defence": defence, "attack": attack,
@@ -196,7 +204,7 @@ def score_run(stage: Stage, defence: str, attack: str, update: str,
             "epsilon": truth["defence"].get("epsilon"),  # dp-sgd: of the attacked update
             "samples": len(stack), **{k: sum(v) / len(v) for k, v in values.items()},
             "reid_rank_ssim": rank, "reid_top1_ssim": top1,
-            "reid_candidates": len(scorer.distractors(label_inferred)) + 1,
+            "reid_candidates": len(scorer.distractors(pool_label)) + 1,
             "label_true": label, "label_inferred": label_inferred,
             "label_correct": label == label_inferred,
             "evaluations": result["evaluations"], "compute": result.get("compute"),
